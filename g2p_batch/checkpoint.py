@@ -1,0 +1,158 @@
+"""Finding, reading and making Hugging Face T5 checkpoints.
+
+Reading needs numpy and safetensors only (torch just for legacy `.bin` files), so the decode
+path and Ray actors never import torch. Making a checkpoint is for tests and benchmarks and
+uses transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CHECKPOINT = "default"
+_PACKAGED = Path(__file__).parent / "checkpoints"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or read; the message says what to pass instead."""
+
+
+@dataclass
+class Checkpoint:
+    name: str                      # short name, used for the artifact folder
+    path: Path                     # local directory holding config.json and the weights
+    config: dict
+    weights: dict[str, np.ndarray]
+    sha256: str                    # of the weight files' bytes, in name order
+
+    def identity(self) -> dict:
+        keep = ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers", "num_decoder_layers",
+                "feed_forward_proj", "relative_attention_num_buckets", "relative_attention_max_distance",
+                "layer_norm_epsilon", "tie_word_embeddings", "scale_decoder_outputs")
+        return {"name": self.name, "weights_sha256": self.sha256,
+                "config": {k: self.config[k] for k in keep if k in self.config}}
+
+
+def resolve(ref: str | os.PathLike) -> tuple[str, Path]:
+    """'default' | local directory | hub id -> (name, local directory)."""
+    ref = str(ref)
+    if ref == DEFAULT_CHECKPOINT:
+        path = _PACKAGED / "g2p_tiny_6_2"
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"the embedded default checkpoint is missing from {path}; reinstall g2p-batch")
+        return "g2p_tiny_6_2", path
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} has no config.json; pass a Hugging Face checkpoint directory")
+        return path.resolve().name, path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint's directory")
+    if ref.count("/") != 1 or ref.startswith((".", "/")):
+        raise CheckpointError(f"{ref!r} is neither a local directory nor a hub id like "
+                              f"'charsiu/g2p_multilingual_byT5_tiny_8_layers_100'")
+    try:
+        from huggingface_hub import snapshot_download
+        local = snapshot_download(ref, allow_patterns=["config.json", "*.safetensors", "*.bin", "*.json"])
+    except Exception as exc:  # offline, unknown repo, no huggingface_hub: all one fix for the user
+        raise CheckpointError(
+            f"could not fetch {ref!r} from the model hub ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"download it where the hub is reachable and pass the local directory instead") from exc
+    return ref.split("/")[-1], Path(local)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    st = sorted(path.glob("*.safetensors"))
+    return st if st else sorted(path.glob("pytorch_model*.bin"))
+
+
+def load(ref: str | os.PathLike) -> Checkpoint:
+    name, path = resolve(ref)
+    config = json.loads((path / "config.json").read_text())
+    files = _weight_files(path)
+    if not files:
+        raise CheckpointError(f"{path} holds no model.safetensors or pytorch_model.bin")
+    digest = hashlib.sha256()
+    weights: dict[str, np.ndarray] = {}
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        if f.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+            try:
+                part = load_file(str(f))
+            except TypeError:  # bf16 has no numpy dtype: go through torch
+                part = _load_torch_file(f, safetensors=True)
+        else:
+            part = _load_torch_file(f, safetensors=False)
+        weights.update({k: np.asarray(v, dtype=np.float32) for k, v in part.items()})
+    return Checkpoint(name=name, path=path, config=config, weights=weights, sha256=digest.hexdigest())
+
+
+def _load_torch_file(f: Path, safetensors: bool) -> dict:
+    try:
+        import torch
+    except ImportError as exc:
+        raise CheckpointError(f"{f} needs torch to read (bf16 or .bin); install g2p-batch[reference] "
+                              f"or convert it to float32/float16 safetensors") from exc
+    if safetensors:
+        from safetensors.torch import load_file
+        sd = load_file(str(f))
+    else:
+        sd = torch.load(f, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in sd.items()}
+
+
+def save_untied(model, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
+    """Save a transformers T5 with `lm_head.weight` written out and `tie_word_embeddings: false`.
+
+    transformers 5 ties T5's head to the embeddings in memory and then drops `lm_head.weight`
+    on save; writing it explicitly keeps the checkpoint untied, like the released CharsiuG2P
+    models, and reads the same in transformers 4 and 5."""
+    import torch
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    sd = {k: v.detach().to(tdtype).contiguous().clone() for k, v in model.state_dict().items()
+          if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
+    sd["lm_head.weight"] = model.lm_head.weight.detach().to(tdtype).contiguous().clone()
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = model.config.to_dict()
+    cfg.pop("scale_decoder_outputs", None)
+    cfg.update(tie_word_embeddings=False, dtype=dtype, architectures=["T5ForConditionalGeneration"],
+               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return out
+
+
+def make(arch: str, seed: int, out_dir: str | os.PathLike, eos_shadow: int | None = None) -> Path:
+    """A seeded random-init checkpoint of a named (or overridden) architecture.
+
+    Random weights almost never emit EOS. With `eos_shadow=t` the head's EOS row becomes 1.01x
+    token t's row, so EOS wins wherever t would have won with a positive logit: rows then end at
+    different steps (some never), exercising early exit, padding and truncation, while the
+    model stays an ordinary T5."""
+    import torch
+    import transformers
+
+    from .archs import resolve_arch
+
+    cfg = transformers.T5Config(**resolve_arch(arch))
+    torch.manual_seed(seed)
+    model = transformers.T5ForConditionalGeneration(cfg)
+    # T5's own init for an untied head (std 1.0), drawn after the body so seeds stay stable
+    head = torch.nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+    torch.nn.init.normal_(head.weight, std=1.0)
+    if eos_shadow is not None:
+        head.weight.data[1] = 1.01 * head.weight.data[eos_shadow]
+    model.lm_head = head
+    return save_untied(model, out_dir)

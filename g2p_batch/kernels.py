@@ -1,0 +1,309 @@
+"""The model's hot loops as TE kernels, scheduled by hand for x86 CPUs.
+
+TVM's default CPU pipeline applies no schedules (a dense layer ran at 0.6 GFLOP/s here), and
+MetaSchedule is slow to tune on 2 cores and crashes with the pinned tvm-ffi, so the dense layers
+and attention are written here as TE computes with explicit schedules. On CUDA the same
+computes are left unscheduled and the dlight GPU rules schedule them in the pipeline.
+
+Layouts chosen for the schedules:
+- dense weights are packed `[N/16, K, 16]` on CPU (a 16-wide column strip is contiguous, so the
+  inner loop is one 2x8-float FMA row), `[N, K]` (torch's own) on GPU;
+- attention keys are stored transposed (`[.., d_kv, T]`) so that query-key products vectorise
+  over key positions, values as `[.., T, d_kv]` so that weighted sums vectorise over d_kv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import te, tirx
+from tvm import s_tir
+
+NEG_INF = -3.4028234663852886e38  # torch.finfo(float32).min, HF's additive mask value
+PACK = 16
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    """Which schedules to apply: `cpu` (hand schedules below) or `gpu` (left to dlight)."""
+
+    kind: str = "cpu"
+
+    @property
+    def packed(self) -> bool:
+        return self.kind == "cpu"
+
+
+def _finish(tensors, sched):
+    func = te.create_prim_func(tensors)
+    if sched is None:
+        return func
+    sch = s_tir.Schedule(func)
+    sched(sch)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def _divisor(n: int, options=(4, 2, 1)) -> int:
+    return next(f for f in options if n % f == 0)
+
+
+def _dense_compute(x, w, M, N, packed):
+    k = te.reduce_axis((0, x.shape[1]), name="k")
+    if packed:
+        return te.compute((M, N), lambda i, j: te.sum(x[i, k] * w[j // PACK, k, j % PACK], axis=k), name="dense")
+    return te.compute((M, N), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k), name="dense")
+
+
+def _schedule_dense(sch, M: int, has_epilogue: bool):
+    """4x16 register tile, k unrolled by 4, parallel over (row tile, column strip)."""
+    blk = sch.get_sblock("dense")
+    i, j, k = sch.get_loops(blk)
+    mi = _divisor(M)
+    i0, i1 = sch.split(i, [None, mi])
+    j0, j1 = sch.split(j, [None, PACK])
+    k0, k1 = sch.split(k, [None, 4]) if _k_divisible(sch, blk, 4) else (k, None)
+    order = [i0, j0, k0] + ([k1] if k1 is not None else []) + [i1, j1]
+    sch.reorder(*order)
+    local = sch.cache_write(blk, 0, "local")
+    if has_epilogue:
+        sch.reverse_compute_inline(sch.get_sblock("out"))
+    sch.reverse_compute_at(local, j0)
+    sch.vectorize(sch.get_loops(local)[-1])
+    sch.parallel(sch.fuse(i0, j0))
+    if k1 is not None:
+        sch.unroll(k1)
+    sch.unroll(i1)
+    sch.vectorize(j1)
+    sch.decompose_reduction(blk, k0)
+
+
+def _k_divisible(sch, blk, f):
+    k = sch.get_loops(blk)[-1]
+    return int(sch.get(k).extent) % f == 0
+
+
+def dense(M: int, K: int, N: int, tgt: KernelTarget, residual: bool = False, gated: bool = False):
+    """y = x @ W^T (+ r) or, gated, gelu_new(x @ W0^T) * (x @ W1^T) with W = [W0; W1] (N = 2*d_ff).
+
+    Returns (prim_func, out_cols)."""
+    x = te.placeholder((M, K), "float32", name="x")
+    wshape = (N // PACK, K, PACK) if tgt.packed else (N, K)
+    w = te.placeholder(wshape, "float32", name="w")
+    y = _dense_compute(x, w, M, N, tgt.packed)
+    args = [x, w]
+    if residual:
+        r = te.placeholder((M, N), "float32", name="r")
+        out = te.compute((M, N), lambda i, j: y[i, j] + r[i, j], name="out")
+        args.append(r)
+    else:
+        out = y
+    tensors = args + [out]
+    sched = None
+    if tgt.kind == "cpu":
+        def sched(sch):
+            _schedule_dense(sch, M, residual)
+    func = _finish(tensors, sched)
+    return func, N
+
+
+def gated_act(M: int, F: int, act: str, tgt: KernelTarget):
+    """[M, 2F] -> [M, F]: act(a) * b, the gated feed-forward's elementwise middle."""
+    h = te.placeholder((M, 2 * F), "float32", name="h")
+
+    def gelu_new(a):
+        c = 0.7978845608028654  # sqrt(2/pi)
+        return 0.5 * a * (1.0 + tirx.tanh(c * (a + 0.044715 * (a * a * a))))
+
+    fn = {"gelu_new": gelu_new, "relu": lambda a: tirx.max(a, tirx.const(0.0, "float32"))}[act]
+    out = te.compute((M, F), lambda i, j: fn(h[i, j]) * h[i, F + j], name="act")
+    return _finish([h, out], _sched_elementwise("act") if tgt.kind == "cpu" else None)
+
+
+def _sched_elementwise(name):
+    def sched(sch):
+        blk = sch.get_sblock(name)
+        loops = sch.get_loops(blk)
+        inner = sch.get(loops[-1]).extent
+        v = 8 if int(inner) % 8 == 0 else 1
+        *outer, last = loops
+        lo, li = sch.split(last, [None, v])
+        sch.parallel(sch.fuse(*outer, lo) if outer else lo)
+        if v > 1:
+            sch.vectorize(li)
+    return sched
+
+
+def relu_act(M: int, F: int, tgt: KernelTarget):
+    h = te.placeholder((M, F), "float32", name="h")
+    out = te.compute((M, F), lambda i, j: tirx.max(h[i, j], tirx.const(0.0, "float32")), name="act")
+    return _finish([h, out], _sched_elementwise("act") if tgt.kind == "cpu" else None)
+
+
+def rms_norm(M: int, D: int, eps: float, tgt: KernelTarget, scale: float = 1.0):
+    """T5LayerNorm: x * rsqrt(mean(x^2) + eps) * w (no mean, no bias); `scale` folds the
+    tied-embedding output scaling of original T5 in."""
+    x = te.placeholder((M, D), "float32", name="x")
+    w = te.placeholder((D,), "float32", name="w")
+    k = te.reduce_axis((0, D), name="k")
+    ss = te.compute((M,), lambda i: te.sum(x[i, k] * x[i, k], axis=k), name="ss")
+    out = te.compute(
+        (M, D),
+        lambda i, j: x[i, j] * tirx.rsqrt(ss[i] / float(D) + eps) * w[j] * scale
+        if scale != 1.0 else x[i, j] * tirx.rsqrt(ss[i] / float(D) + eps) * w[j],
+        name="out")
+    sched = None
+    if tgt.kind == "cpu":
+        def sched(sch):
+            o = sch.get_sblock("out")
+            i, j = sch.get_loops(o)
+            sch.parallel(i)
+            if D % 8 == 0:
+                _, ji = sch.split(j, [None, 8])
+                sch.vectorize(ji)
+            sch.compute_at(sch.get_sblock("ss"), i)
+    return _finish([x, w, out], sched)
+
+
+def embed(n: int, V: int, D: int, tgt: KernelTarget):
+    ids = te.placeholder((n,), "int32", name="ids")
+    table = te.placeholder((V, D), "float32", name="table")
+    out = te.compute((n, D), lambda i, j: table[ids[i], j], name="emb")
+    return _finish([ids, table, out], _sched_elementwise("emb") if tgt.kind == "cpu" else None)
+
+
+def _softmax_rows(score, shape, reduce_extent, name):
+    """exp(score - max) and its sum over the last axis, as separate named stages; `score(*ix)`
+    adds bias and mask to the raw products, so they are read where they are used."""
+    *lead, _ = shape
+    t = te.reduce_axis((0, reduce_extent), name=f"{name}_t")
+    m = te.compute(tuple(lead), lambda *ix: te.max(score(*ix, t), axis=t), name=f"{name}_max")
+    e = te.compute(shape, lambda *ix: tirx.exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
+    t2 = te.reduce_axis((0, reduce_extent), name=f"{name}_t2")
+    z = te.compute(tuple(lead), lambda *ix: te.sum(e[(*ix, t2)], axis=t2), name=f"{name}_sum")
+    return e, z
+
+
+def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
+    """Bidirectional self-attention straight from the fused qkv projection [B*L, 3*H*dk].
+
+    T5 does not scale scores by 1/sqrt(d_kv); the relative-position bias [H, L, L] and the
+    key padding mask [B, L] are added before the softmax, as in HF's position_bias."""
+    inner = H * dk
+    qkv = te.placeholder((B * L, 3 * inner), "float32", name="qkv")
+    bias = te.placeholder((H, L, L), "float32", name="bias")
+    mask = te.placeholder((B, L), "float32", name="mask")
+    kt = te.compute((B, H, dk, L), lambda b, h, d, j: qkv[b * L + j, inner + h * dk + d], name="kt")
+    d = te.reduce_axis((0, dk), name="d")
+    s = te.compute((B, H, L, L), lambda b, h, i, j: te.sum(qkv[b * L + i, h * dk + d] * kt[b, h, d, j], axis=d),
+                   name="s")
+    e, z = _softmax_rows(lambda b, h, i, j: s[b, h, i, j] + bias[h, i, j] + mask[b, j], (B, H, L, L), L, "sm")
+    j = te.reduce_axis((0, L), name="j")
+    o = te.compute(
+        (B * L, inner),
+        lambda r, c: te.sum(e[r // L, c // dk, r % L, j] / z[r // L, c // dk, r % L]
+                            * qkv[(r // L) * L + j, 2 * inner + c], axis=j),
+        name="o")
+    sched = _sched_attention(vec=8, names=("kt", "s", "sm_max", "sm_exp", "sm_sum", "o")) if tgt.kind == "cpu" else None
+    return _finish([qkv, bias, mask, o], sched)
+
+
+def _sched_attention(vec, names):
+    """Each stage parallel over its leading spatial loops and vectorised on the last spatial
+    loop where that loop is unit-stride (keys are transposed for that); small but never serial."""
+    def sched(sch):
+        for name in names:
+            blk = sch.get_sblock(name)
+            loops = sch.get_loops(blk)
+            iters = sch.get(blk).iter_vars
+            spatial = [lp for lp, iv in zip(loops, iters) if iv.iter_type == 0]
+            reduce_ = [lp for lp, iv in zip(loops, iters) if iv.iter_type != 0]
+            last = spatial[-1]
+            extent = int(sch.get(last).extent)
+            v = vec if extent % vec == 0 else 1
+            lo, li = sch.split(last, [None, v])
+            sch.reorder(*spatial[:-1], lo, *reduce_, li)
+            sch.parallel(sch.fuse(*spatial[:-1], lo) if spatial[:-1] else lo)
+            if reduce_:
+                continue  # TODO(perf): vectorise reductions through a local accumulator
+            elif v > 1:
+                sch.vectorize(li)
+    return sched
+
+
+def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTarget):
+    """Write one step's key (transposed) and value of `layer` at position pos[0], in place."""
+    inner = H * dk
+
+    from tvm.script import tirx as T_
+
+    @T_.prim_func(private=True)
+    def func(kc: T_.Buffer((Ld, B, H, dk, T), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
+             qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
+        T_.func_attr({"tir.noalias": True})
+        for b, h, d in T_.grid(B, H, dk):
+            kc[layer, b, h, d, pos[0]] = qkv[b, inner + h * dk + d]
+            vc[layer, b, h, pos[0], d] = qkv[b, 2 * inner + h * dk + d]
+    return func
+
+
+def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols: int, tgt: KernelTarget,
+                   cross: bool):
+    """One query row per sequence against a cache [Ld, B, H, dk, T] / [Ld, B, H, T, dk].
+
+    Self-attention adds the causal relative-bias row [H, T] for the current position (future
+    positions hold -inf-like values, so the not-yet-written cache slots get zero weight);
+    cross-attention adds the encoder padding mask [B, T]."""
+    q = te.placeholder((B, q_cols), "float32", name="q")
+    kc = te.placeholder((Ld, B, H, dk, T), "float32", name="kc")
+    vc = te.placeholder((Ld, B, H, T, dk), "float32", name="vc")
+    d = te.reduce_axis((0, dk), name="d")
+    s = te.compute((B, H, T), lambda b, h, t: te.sum(q[b, h * dk + d] * kc[layer, b, h, d, t], axis=d), name="s")
+    if cross:
+        add = te.placeholder((B, T), "float32", name="mask")
+        e, z = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, T), T, "sm")
+    else:
+        add = te.placeholder((H, T), "float32", name="bias")
+        e, z = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, T), T, "sm")
+    t = te.reduce_axis((0, T), name="t")
+    o = te.compute((B, H * dk), lambda b, c: te.sum(e[b, c // dk, t] / z[b, c // dk] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
+    sched = _sched_attention(vec=8, names=("s", "sm_max", "sm_exp", "sm_sum", "o")) if tgt.kind == "cpu" else None
+    return _finish([q, kc, vc, add, o], sched)
+
+
+def greedy_head(B: int, V: int, tgt: KernelTarget):
+    """logits [B, V] -> (argmax id [B] int32, its log-probability [B]); first max wins, as torch."""
+    x = te.placeholder((B, V), "float32", name="logits")
+    v = te.reduce_axis((0, V), name="v")
+    m = te.compute((B,), lambda b: te.max(x[b, v], axis=v), name="mx")
+    v2 = te.reduce_axis((0, V), name="v2")
+    idx = te.compute((B,), lambda b: te.min(tirx.Select(x[b, v2] == m[b], v2, V), axis=v2), name="idx")
+    v3 = te.reduce_axis((0, V), name="v3")
+    z = te.compute((B,), lambda b: te.sum(tirx.exp(x[b, v3] - m[b]), axis=v3), name="z")
+    ids = te.compute((B,), lambda b: idx[b].astype("int32"), name="ids")
+    logp = te.compute((B,), lambda b: -tirx.log(z[b]), name="logp")
+    return _finish([x, ids, logp], None)
+
+
+def split_cross_kv(Ld: int, B: int, L: int, H: int, dk: int, tgt: KernelTarget):
+    """All decoder layers' cross K/V from one dense output [B*L, Ld*2*H*dk] into the cache
+    layouts (keys transposed)."""
+    inner = H * dk
+    kv = te.placeholder((B * L, Ld * 2 * inner), "float32", name="kv")
+    k = te.compute((Ld, B, H, dk, L), lambda l, b, h, d, j: kv[b * L + j, l * 2 * inner + h * dk + d], name="ck")
+    v = te.compute((Ld, B, H, L, dk), lambda l, b, h, j, d: kv[b * L + j, l * 2 * inner + inner + h * dk + d], name="cv")
+    sched = None
+    if tgt.kind == "cpu":
+        def sched(sch):
+            for name in ("ck", "cv"):
+                blk = sch.get_sblock(name)
+                loops = sch.get_loops(blk)
+                sch.parallel(sch.fuse(*loops[:3]))
+    return _finish([kv, k, v], sched)
+
+
+def bias_row(H: int, T: int, tgt: KernelTarget):
+    """The decoder's relative-bias + causal-mask row [H, T] for the position in pos[0]."""
+    table = te.placeholder((H, T, T), "float32", name="table")
+    pos = te.placeholder((1,), "int32", name="pos")
+    row = te.compute((H, T), lambda h, t: table[h, pos[0], t], name="row")
+    return _finish([table, pos, row], None)

@@ -1,0 +1,217 @@
+"""CharsiuG2P's T5 as three Relax functions over fixed shapes: encode, prefill, step.
+
+- `encode(ids, mask)`: the encoder, once per batch.
+- `prefill(hidden)`: every decoder layer's cross-attention keys/values, once per batch.
+- `step(tokens, pos, k_cache, v_cache, cross_k, cross_v, mask)`: one new token per row through
+  the decoder; the self-attention cache is written in place at `pos`, nothing is recomputed.
+  It returns the greedy next id and its log-probability, so only ids cross to the host.
+
+Weights are function parameters (after the inputs, in `param_specs` order), so one params file
+serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket:
+symbolic shapes compiled here ran several times slower than padded fixed ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from tvm import relax
+
+from . import kernels as K
+
+
+@dataclass(frozen=True)
+class T5Shape:
+    vocab: int
+    d_model: int
+    d_kv: int
+    heads: int
+    d_ff: int
+    enc_layers: int
+    dec_layers: int
+    num_buckets: int
+    max_distance: int
+    eps: float
+    gated: bool
+    act: str            # "gelu_new" | "relu"
+    scale_output: bool  # original-T5 d_model**-0.5 before the head (tied embeddings)
+
+    @property
+    def inner(self) -> int:
+        return self.heads * self.d_kv
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict) -> "T5Shape":
+        proj = cfg.get("feed_forward_proj", "relu")
+        gated = proj.startswith("gated-")
+        act = proj.split("-")[-1]
+        act = {"gelu": "gelu_new", "gelu_new": "gelu_new", "relu": "relu"}.get(act)
+        if act is None:
+            raise ValueError(f"feed_forward_proj {proj!r} is not supported; use gated-gelu, gelu or relu")
+        # transformers 5 writes scale_decoder_outputs; older configs imply it by tying
+        scale = cfg.get("scale_decoder_outputs", cfg.get("tie_word_embeddings", True) is not False)
+        shape = cls(
+            vocab=cfg["vocab_size"], d_model=cfg["d_model"], d_kv=cfg["d_kv"], heads=cfg["num_heads"],
+            d_ff=cfg["d_ff"], enc_layers=cfg["num_layers"],
+            dec_layers=cfg.get("num_decoder_layers") or cfg["num_layers"],
+            num_buckets=cfg.get("relative_attention_num_buckets", 32),
+            max_distance=cfg.get("relative_attention_max_distance", 128),
+            eps=cfg.get("layer_norm_epsilon", 1e-6), gated=gated, act=act, scale_output=bool(scale))
+        shape.check()
+        return shape
+
+    def check(self) -> None:
+        for name, n in (("inner dim (num_heads*d_kv)", self.inner), ("d_model", self.d_model),
+                        ("d_ff", self.d_ff), ("vocab_size", self.vocab)):
+            if n % K.PACK:
+                raise ValueError(f"{name} = {n} is not a multiple of {K.PACK}; the packed dense "
+                                 f"kernels need that (pad the checkpoint's dims)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_specs(s: T5Shape, packed: bool, L: int, T: int) -> dict[str, list[tuple[str, tuple]]]:
+    """Per function, the (name, shape) of every weight parameter in call order."""
+
+    def w(name, n, k):
+        return (name, (n // K.PACK, k, K.PACK) if packed else (n, k))
+
+    D, I, F = s.d_model, s.inner, s.d_ff
+    ff_in = 2 * F if s.gated else F
+    enc = [("enc_bias", (s.heads, L, L)), ("shared", (s.vocab, D))]
+    for i in range(s.enc_layers):
+        enc += [(f"enc{i}.ln_attn", (D,)), w(f"enc{i}.qkv", 3 * I, D), w(f"enc{i}.o", D, I),
+                (f"enc{i}.ln_ff", (D,)), w(f"enc{i}.wi", ff_in, D), w(f"enc{i}.wo", D, F)]
+    enc += [("enc_final_ln", (D,))]
+    prefill = [w("cross_kv", s.dec_layers * 2 * I, D)]
+    step = [("dec_bias", (s.heads, T, T)), ("shared", (s.vocab, D))]
+    for i in range(s.dec_layers):
+        step += [(f"dec{i}.ln_self", (D,)), w(f"dec{i}.qkv", 3 * I, D), w(f"dec{i}.o", D, I),
+                 (f"dec{i}.ln_cross", (D,)), w(f"dec{i}.q_cross", I, D), w(f"dec{i}.o_cross", D, I),
+                 (f"dec{i}.ln_ff", (D,)), w(f"dec{i}.wi", ff_in, D), w(f"dec{i}.wo", D, F)]
+    step += [("dec_final_ln", (D,)), w("lm_head", s.vocab, D)]
+    return {"encode": enc, "prefill": prefill, "step": step}
+
+
+class _Builder:
+    """Emits call_tir bindings, adding each distinct kernel to the module once."""
+
+    def __init__(self, bb: relax.BlockBuilder, tgt: K.KernelTarget):
+        self.bb, self.tgt, self.cache = bb, tgt, {}
+
+    def kernel(self, key, make):
+        if key not in self.cache:
+            self.cache[key] = self.bb.add_func(make().with_attr("global_symbol", key), key)
+        return self.cache[key]
+
+    def call(self, key, make, args, out_shape, dtype="float32"):
+        gv = self.kernel(key, make)
+        if isinstance(out_shape, list):
+            sinfo = [relax.TensorType(o, d) for o, d in out_shape]
+        else:
+            sinfo = relax.TensorType(out_shape, dtype)
+        return self.bb.emit(relax.call_tir(gv, args, sinfo))
+
+    def dense(self, x, w, M, Kd, N, residual=None):
+        key = f"dense_{M}x{Kd}x{N}" + ("_res" if residual is not None else "")
+        args = [x, w] + ([residual] if residual is not None else [])
+        return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None)[0], args, (M, N))
+
+    def rms(self, x, w, M, D, eps, scale=1.0):
+        key = f"rms_{M}x{D}" + ("_scaled" if scale != 1.0 else "")
+        return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (M, D))
+
+    def ff(self, s: T5Shape, x, wi, wo, M):
+        F = s.d_ff
+        if s.gated:
+            hid = self.dense(x[0], wi, M, s.d_model, 2 * F)
+            act = self.call(f"gated_{s.act}_{M}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (M, F))
+        else:
+            hid = self.dense(x[0], wi, M, s.d_model, F)
+            act = self.call(f"relu_{M}x{F}", lambda: K.relu_act(M, F, self.tgt), [hid], (M, F))
+        return self.dense(act, wo, M, F, s.d_model, residual=x[1])
+
+
+def _params(specs):
+    return [relax.Var(name.replace(".", "_"), relax.TensorType(shape, "float32")) for name, shape in specs]
+
+
+def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
+    """The IRModule for one bucket (B rows, L input ids, T output steps) and its param specs."""
+    specs = param_specs(s, tgt.packed, L, T)
+    bb = relax.BlockBuilder()
+    kb = _Builder(bb, tgt)
+    D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
+    M = B * L
+
+    ids = relax.Var("ids", relax.TensorType((M,), "int32"))
+    mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
+    p = _params(specs["encode"])
+    with bb.function("encode", [ids, mask] + p):
+        with bb.dataflow():
+            P = dict(zip((n for n, _ in specs["encode"]), p))
+            x = kb.call(f"embed_{M}", lambda: K.embed(M, s.vocab, D, tgt), [ids, P["shared"]], (M, D))
+            for i in range(s.enc_layers):
+                h = kb.rms(x, P[f"enc{i}.ln_attn"], M, D, s.eps)
+                qkv = kb.dense(h, P[f"enc{i}.qkv"], M, D, 3 * I)
+                a = kb.call(f"enc_attn_{B}x{L}", lambda: K.encoder_attention(B, L, H, dk, tgt),
+                            [qkv, P["enc_bias"], mask], (M, I))
+                x = kb.dense(a, P[f"enc{i}.o"], M, I, D, residual=x)
+                h = kb.rms(x, P[f"enc{i}.ln_ff"], M, D, s.eps)
+                x = kb.ff(s, (h, x), P[f"enc{i}.wi"], P[f"enc{i}.wo"], M)
+            out = bb.emit_output(kb.rms(x, P["enc_final_ln"], M, D, s.eps))
+        bb.emit_func_output(out)
+
+    hidden = relax.Var("hidden", relax.TensorType((M, D), "float32"))
+    p = _params(specs["prefill"])
+    with bb.function("prefill", [hidden] + p):
+        with bb.dataflow():
+            kv = kb.dense(hidden, p[0], M, D, Ld * 2 * I)
+            ck, cv = kb.call(f"split_cross_{B}x{L}", lambda: K.split_cross_kv(Ld, B, L, H, dk, tgt), [kv],
+                             [((Ld, B, H, dk, L), "float32"), ((Ld, B, H, L, dk), "float32")])
+            out = bb.emit_output(relax.Tuple([ck, cv]))
+        bb.emit_func_output(out)
+
+    tokens = relax.Var("tokens", relax.TensorType((B,), "int32"))
+    pos = relax.Var("pos", relax.TensorType((1,), "int32"))
+    kc = relax.Var("k_cache", relax.TensorType((Ld, B, H, dk, T), "float32"))
+    vc = relax.Var("v_cache", relax.TensorType((Ld, B, H, T, dk), "float32"))
+    ck = relax.Var("cross_k", relax.TensorType((Ld, B, H, dk, L), "float32"))
+    cv = relax.Var("cross_v", relax.TensorType((Ld, B, H, L, dk), "float32"))
+    mask2 = relax.Var("mask", relax.TensorType((B, L), "float32"))
+    p = _params(specs["step"])
+    with bb.function("step", [tokens, pos, kc, vc, ck, cv, mask2] + p):
+        with bb.dataflow():
+            P = dict(zip((n for n, _ in specs["step"]), p))
+            x = kb.call(f"embed_{B}", lambda: K.embed(B, s.vocab, D, tgt), [tokens, P["shared"]], (B, D))
+            row = kb.call(f"bias_row_{T}", lambda: K.bias_row(H, T, tgt), [P["dec_bias"], pos], (H, T))
+            k_now, v_now = kc, vc
+            for i in range(Ld):
+                h = kb.rms(x, P[f"dec{i}.ln_self"], B, D, s.eps)
+                qkv = kb.dense(h, P[f"dec{i}.qkv"], B, D, 3 * I)
+                gv = kb.kernel(f"kv_write_{B}x{T}_l{i}", lambda i=i: K.kv_write(Ld, B, H, dk, T, i, tgt))
+                kv = bb.emit(relax.call_tir_inplace(
+                    gv, [k_now, v_now, qkv, pos], [0, 1],
+                    [k_now.ty, v_now.ty]))
+                k_now, v_now = bb.emit(relax.TupleGetItem(kv, 0)), bb.emit(relax.TupleGetItem(kv, 1))
+                a = kb.call(f"self_attn_{B}x{T}_l{i}",
+                            lambda i=i: K.step_attention(Ld, B, H, dk, T, i, 3 * I, tgt, cross=False),
+                            [qkv, k_now, v_now, row], (B, I))
+                x = kb.dense(a, P[f"dec{i}.o"], B, I, D, residual=x)
+                h = kb.rms(x, P[f"dec{i}.ln_cross"], B, D, s.eps)
+                q = kb.dense(h, P[f"dec{i}.q_cross"], B, D, I)
+                a = kb.call(f"cross_attn_{B}x{L}_l{i}",
+                            lambda i=i: K.step_attention(Ld, B, H, dk, L, i, I, tgt, cross=True),
+                            [q, ck, cv, mask2], (B, I))
+                x = kb.dense(a, P[f"dec{i}.o_cross"], B, I, D, residual=x)
+                h = kb.rms(x, P[f"dec{i}.ln_ff"], B, D, s.eps)
+                x = kb.ff(s, (h, x), P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
+            scale = D ** -0.5 if s.scale_output else 1.0
+            h = kb.rms(x, P["dec_final_ln"], B, D, s.eps, scale)
+            logits = kb.dense(h, P["lm_head"], B, D, s.vocab)
+            nxt, logp = kb.call(f"greedy_{B}x{s.vocab}", lambda: K.greedy_head(B, s.vocab, tgt), [logits],
+                                [((B,), "int32"), ((B,), "float32")])
+            out = bb.emit_output(relax.Tuple([nxt, logp, k_now, v_now]))
+        bb.emit_func_output(out)
+    return bb.get(), specs

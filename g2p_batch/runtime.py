@@ -1,0 +1,106 @@
+"""Greedy KV-cache decoding over compiled TVM modules; needs tvm and numpy only.
+
+One `TVMEngine` holds every compiled bucket of one artifact set on one device. Weights are
+uploaded once and shared by the buckets; each bucket keeps its own cache tensors, allocated
+once and reused batch after batch (stale values are never read: the causal bias gives future
+positions zero weight).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .decoding import Bucket, DecodeOutput
+from .kernels import NEG_INF
+from .tokenizer import EOS, PAD
+
+
+def set_threads(threads: int | None) -> None:
+    """TVM's CPU pool defaults to half the logical cores (1 on a 2-core box); it reads
+    TVM_NUM_THREADS when the pool starts, so this must run before the first module call."""
+    if threads:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+@dataclass
+class _BucketVM:
+    bucket: Bucket
+    vm: object
+    args: dict  # function name -> list of device tensors (weights)
+    k_cache: object
+    v_cache: object
+    pos: list   # device tensors holding 0..T-1, made once
+
+
+class TVMEngine:
+    def __init__(self, compiled: dict[Bucket, object], params: dict[str, np.ndarray], specs_by_bucket: dict,
+                 cache_shapes: dict, max_output_len: int, device: str = "cpu"):
+        import tvm
+        from tvm import relax
+
+        self._tvm = tvm
+        self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        self.max_output_len = max_output_len
+        self.buckets = sorted(compiled)
+        uploaded: dict[tuple, object] = {}
+
+        def upload(name, arr):
+            key = (name, arr.shape)
+            if key not in uploaded:
+                uploaded[key] = tvm.runtime.tensor(arr, self.device)
+            return uploaded[key]
+
+        self._vms: dict[Bucket, _BucketVM] = {}
+        for b, lib in compiled.items():
+            vm = relax.VirtualMachine(lib, self.device)
+            specs, per_bucket = specs_by_bucket[b]
+            args = {fn: [upload(n, per_bucket[n] if n in per_bucket else params[n]) for n, _ in spec]
+                    for fn, spec in specs.items()}
+            kshape, vshape = cache_shapes[b]
+            self._vms[b] = _BucketVM(
+                bucket=b, vm=vm, args=args,
+                k_cache=tvm.runtime.tensor(np.zeros(kshape, np.float32), self.device),
+                v_cache=tvm.runtime.tensor(np.zeros(vshape, np.float32), self.device),
+                pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)])
+
+    def decode(self, input_ids: np.ndarray) -> DecodeOutput:
+        B, L = input_ids.shape
+        bv = self._vms.get(Bucket(B, L))
+        if bv is None:
+            raise ValueError(f"no compiled bucket for batch {B} x {L} input ids; compiled: "
+                             f"{[b.name for b in self.buckets]}")
+        tvm, dev, T = self._tvm, self.device, self.max_output_len
+        ids = np.ascontiguousarray(input_ids, dtype=np.int32)
+        mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
+        hidden = bv.vm["encode"](tvm.runtime.tensor(ids.reshape(-1), dev), mask, *bv.args["encode"])
+        cross = bv.vm["prefill"](hidden, *bv.args["prefill"])
+        ck, cv = cross[0], cross[1]
+
+        tokens = np.zeros((B, T), np.int32)
+        lengths = np.zeros(B, np.int32)
+        logp_sum = np.zeros(B, np.float64)
+        done = ids[:, 0] == PAD  # filler rows of a partly used batch never hold the loop open
+        step_in = tvm.runtime.tensor(np.zeros(B, np.int32), dev)  # decoder_start_token_id = 0
+        steps = 0
+        for t in range(T):
+            out = bv.vm["step"](step_in, bv.pos[t], bv.k_cache, bv.v_cache, ck, cv, mask, *bv.args["step"])
+            nxt = out[0].numpy()
+            logp = out[1].numpy()
+            steps += 1
+            live = ~done
+            nxt = np.where(live, nxt, PAD).astype(np.int32)  # as generate(): finished rows emit pad
+            tokens[:, t] = nxt
+            lengths += live
+            logp_sum += np.where(live, logp, 0.0)
+            done = done | (nxt == EOS)
+            if done.all():
+                break
+            step_in = tvm.runtime.tensor(nxt, dev)
+        real = ids[:, 0] != PAD
+        truncated = real & ~done
+        scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
+        return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated, steps=steps)
