@@ -63,8 +63,14 @@ def _pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n // PACK, PACK, k).transpose(0, 2, 1))
 
 
-def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool, L: int, T: int) -> dict[str, np.ndarray]:
-    """All parameters by name; `model.param_specs` picks and orders them per function."""
+def bucket_params(params: dict[str, np.ndarray], s: T5Shape, L: int, T: int) -> dict[str, np.ndarray]:
+    """The shape-dependent parameters of one bucket: position-bias tables for L inputs, T steps."""
+    return {"enc_bias": encoder_bias(params["enc_rel_emb"], L, s), "dec_bias": decoder_bias(params["dec_rel_emb"], T, s)}
+
+
+def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool) -> dict[str, np.ndarray]:
+    """Every shape-independent parameter by name; `model.param_specs` picks and orders them per
+    function, `bucket_params` adds the bias tables."""
     W = weights
     mat = _pack if packed else np.ascontiguousarray
     out: dict[str, np.ndarray] = {"shared": W["shared.weight"]}
@@ -78,7 +84,7 @@ def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool, L: in
         return np.concatenate([W[f"{prefix}.{n}.weight"] for n in "qkv"])
 
     e = "encoder.block"
-    out["enc_bias"] = encoder_bias(W[f"{e}.0.layer.0.SelfAttention.relative_attention_bias.weight"], L, s)
+    out["enc_rel_emb"] = W[f"{e}.0.layer.0.SelfAttention.relative_attention_bias.weight"]
     for i in range(s.enc_layers):
         out[f"enc{i}.ln_attn"] = W[f"{e}.{i}.layer.0.layer_norm.weight"]
         out[f"enc{i}.qkv"] = mat(qkv(f"{e}.{i}.layer.0.SelfAttention"))
@@ -89,7 +95,7 @@ def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool, L: in
     out["enc_final_ln"] = W["encoder.final_layer_norm.weight"]
 
     d = "decoder.block"
-    out["dec_bias"] = decoder_bias(W[f"{d}.0.layer.0.SelfAttention.relative_attention_bias.weight"], T, s)
+    out["dec_rel_emb"] = W[f"{d}.0.layer.0.SelfAttention.relative_attention_bias.weight"]
     cross = []
     for i in range(s.dec_layers):
         out[f"dec{i}.ln_self"] = W[f"{d}.{i}.layer.0.layer_norm.weight"]

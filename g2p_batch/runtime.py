@@ -104,3 +104,43 @@ class TVMEngine:
         truncated = real & ~done
         scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
         return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated, steps=steps)
+
+
+def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                check_files: bool = True) -> TVMEngine:
+    """Load every bucket of an artifact set; checks the files against the manifest and the host
+    CPU against the target's instruction set first, so a mismatch fails with a reason."""
+    import tvm
+    from safetensors.numpy import load_file
+
+    from . import targets
+    from .artifacts import ArtifactMismatch, read_manifest, verify_files
+    from .loader import bucket_params
+    from .model import T5Shape, param_specs
+
+    set_threads(threads)
+    path = Path(artifact_dir)
+    manifest = read_manifest(path)
+    if check_files:
+        verify_files(path, manifest)
+    target = manifest["target"]
+    if (targets.kind(target) == "gpu") != (device == "cuda"):
+        raise ArtifactMismatch(f"artifacts in {path} are for {target['kind']}, not device {device!r}")
+    missing = targets.required_flags(target) - targets.host_cpu_flags()
+    if device == "cpu" and missing and targets.host_cpu_flags():
+        raise ArtifactMismatch(f"artifacts in {path} need CPU features {sorted(missing)} this host lacks; "
+                               f"compile them on (or for) this node with --target llvm")
+    shape = T5Shape(**manifest["shape"])
+    T = manifest["max_output_len"]
+    params = load_file(str(path / manifest["params"]["path"]))
+    packed = manifest["kernel_target"] == "cpu"
+    compiled, specs, caches = {}, {}, {}
+    for entry in manifest["buckets"]:
+        b = Bucket(entry["batch"], entry["input_len"])
+        compiled[b] = tvm.runtime.load_module(str(path / entry["path"]))
+        specs[b] = (param_specs(shape, packed, b.input_len, T), bucket_params(params, shape, b.input_len, T))
+        Ld, H, dk = shape.dec_layers, shape.heads, shape.d_kv
+        caches[b] = ((Ld, b.batch, H, dk, T), (Ld, b.batch, H, T, dk))
+    engine = TVMEngine(compiled, params, specs, caches, T, device)
+    engine.manifest = manifest
+    return engine

@@ -1,0 +1,202 @@
+"""Compiled artifact sets: where they live, what their manifest promises, how they travel.
+
+Layout: `<root>/<checkpoint>/<target>/manifest.json`, `params.safetensors` (weights already
+fused and packed for the target) and `b{B}_in{L}_out{T}/model.so` per bucket. A set is reused
+only when its manifest matches the request; missing buckets are compiled and added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import targets as targets_mod
+from .decoding import Bucket
+from .tokenizer import PromptFormat
+
+log = logging.getLogger("g2p_batch.artifacts")
+FORMAT = 1
+_LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
+
+
+class ArtifactMismatch(ValueError):
+    """Cached artifacts that do not match the request; the message lists each difference."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_buckets(max_input_bytes: int) -> list[int]:
+    """Powers of two from 16 up to the limit (the limit itself always included)."""
+    out, n = [], 16
+    while n < max_input_bytes:
+        out.append(n)
+        n *= 2
+    return out + [max_input_bytes]
+
+
+@dataclass
+class CompileRequest:
+    checkpoint: str = "default"
+    target: str = "llvm"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    max_input_bytes: int = 64
+    input_buckets: list[int] | None = None  # default: default_buckets(max_input_bytes)
+    max_output_len: int = 64
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    root: str = "artifacts"
+
+    def buckets(self) -> list[Bucket]:
+        lens = sorted(set(self.input_buckets or default_buckets(self.max_input_bytes)))
+        if max(lens) > self.max_input_bytes:
+            raise ValueError(f"input bucket {max(lens)} exceeds max_input_bytes {self.max_input_bytes}")
+        return [Bucket(b, L) for b in sorted(set(self.batch_sizes)) for L in lens]
+
+
+def manifest_hash(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())
+
+
+def _languages() -> list[str]:
+    return _LANG_LIST.read_text().split() if _LANG_LIST.exists() else []
+
+
+def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -> list[str]:
+    diffs = []
+    for key, want, have in (
+        ("checkpoint weights sha256", identity["weights_sha256"], manifest["checkpoint"]["weights_sha256"]),
+        ("checkpoint config", identity["config"], manifest["checkpoint"]["config"]),
+        ("target", target, manifest["target"]),
+        ("max_output_len", req.max_output_len, manifest["max_output_len"]),
+        ("prompt format", req.prompt.to_dict(), manifest["prompt"]),
+        ("format", FORMAT, manifest.get("format")),
+    ):
+        if want != have:
+            diffs.append(f"{key}: requested {want!r}, artifacts have {have!r}")
+    import tvm
+    if manifest.get("tvm_version") != tvm.__version__:
+        diffs.append(f"tvm version: running {tvm.__version__}, artifacts built with {manifest.get('tvm_version')}")
+    return diffs
+
+
+def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, **fields) -> Path:
+    """Find or build the artifact set for `req`; returns its directory.
+
+    Compiles only the buckets that are missing. Cached artifacts built from other weights, for
+    another target or output length, are an error that names each difference (delete the
+    folder or pass another --artifacts-dir)."""
+    from . import checkpoint as ckpt
+    from .compiler import build_bucket
+    from .loader import build_params
+    from .model import T5Shape
+
+    req = req or CompileRequest(**fields)
+    target = targets_mod.resolve(req.target)
+    name, _ = ckpt.resolve(req.checkpoint)
+    out = Path(req.root) / name / targets_mod.short_name(target)
+    manifest_path = out / "manifest.json"
+    buckets = req.buckets()
+    T = req.max_output_len
+
+    cp = ckpt.load(req.checkpoint)
+    identity = cp.identity()
+    shape = T5Shape.from_hf_config(cp.config)
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        diffs = _expect(manifest, identity, target, req)
+        if diffs:
+            raise ArtifactMismatch(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
+                                   + f"\nremove {out} to rebuild, or pass another artifacts directory")
+        have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
+        todo = [b for b in buckets if b not in have]
+        if not todo:
+            return out
+    else:
+        manifest = None
+        todo = buckets
+
+    out.mkdir(parents=True, exist_ok=True)
+    params_path = out / "params.safetensors"
+    if manifest is None:
+        from safetensors.numpy import save_file
+        params = build_params(cp.weights, shape, packed=targets_mod.kind(target) == "cpu")
+        save_file(params, str(params_path))
+        import tvm
+        manifest = {
+            "format": FORMAT, "checkpoint": identity, "tvm_version": tvm.__version__, "target": target,
+            "kernel_target": targets_mod.kind(target), "shape": shape.to_dict(), "max_output_len": T,
+            "max_input_bytes": req.max_input_bytes, "prompt": req.prompt.to_dict(),
+            "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
+            "params": {"path": params_path.name, "sha256": sha256_file(params_path)},
+            "languages": _languages(), "buckets": [],
+        }
+    log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), name, target, out)
+    bar = _bar(len(todo), f"compile {name} ({targets_mod.short_name(target)})", progress)
+    for b in todo:
+        rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
+        t0 = time.perf_counter()
+        fns = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
+        manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
+                                    "sha256": sha256_file(out / rel), "functions": fns,
+                                    "compile_seconds": round(time.perf_counter() - t0, 2)})
+        manifest["buckets"].sort(key=lambda e: (e["batch"], e["input_len"]))
+        manifest["max_input_bytes"] = max(manifest["max_input_bytes"], b.input_len)
+        _write_json(manifest_path, manifest)  # after each bucket: an interrupted build keeps its work
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def _bar(total, desc, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="bucket", disable=not enabled)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Every file the manifest names exists with its recorded sha256."""
+    entries = [(manifest["params"]["path"], manifest["params"]["sha256"])]
+    entries += [(b["path"], b["sha256"]) for b in manifest["buckets"]]
+    for rel, digest in entries:
+        f = path / rel
+        if not f.exists():
+            raise ArtifactMismatch(f"{f} is listed in the manifest but missing; rebuild the artifacts")
+        if sha256_file(f) != digest:
+            raise ArtifactMismatch(f"{f} does not match its manifest sha256; rebuild the artifacts")
+
+
+def pack(path: str | Path) -> bytes:
+    """The artifact set as one tar blob, to ship through Ray's object store to nodes with no
+    shared filesystem."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(str(path), arcname=".")
+    return buf.getvalue()
+
+
+def unpack(blob: bytes, dest: str | Path) -> Path:
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+        tar.extractall(dest, filter="data")
+    return dest

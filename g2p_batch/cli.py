@@ -1,0 +1,185 @@
+"""`g2p-batch`: thin Typer commands over the library. Library errors (bad checkpoint, artifact
+mismatch, bad input, failed job) become one red line and exit code 1; anything else is a bug
+and keeps its traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(".")[0])
+
+CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="'default' (embedded), a local HF directory, or a hub id")]
+TargetOpt = Annotated[str, typer.Option(help="llvm (this CPU), cuda, cuda:sm_XX, or a JSON target dict")]
+ArtifactsOpt = Annotated[str, typer.Option("--artifacts-dir", help="root of compiled artifact sets")]
+SpaceOpt = Annotated[bool, typer.Option("--space-after-colon/--no-space-after-colon", help="'<lang>: word' instead of '<lang>:word'")]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    raise typer.Exit(1)
+
+
+def _domain_errors():
+    from .artifacts import ArtifactMismatch
+    from .checkpoint import CheckpointError
+    return (ArtifactMismatch, CheckpointError, FileNotFoundError, ValueError)
+
+
+def _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len, space, artifacts_dir):
+    from .artifacts import CompileRequest
+    from .tokenizer import PromptFormat
+    return CompileRequest(checkpoint=checkpoint, target=target, batch_sizes=_ints(batch_sizes),
+                          max_input_bytes=max_input_bytes,
+                          input_buckets=_ints(input_buckets) if input_buckets else None,
+                          max_output_len=max_output_len, prompt=PromptFormat(space), root=artifacts_dir)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each compile phase")] = False):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@app.command("make-checkpoint")
+def make_checkpoint(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write config.json + model.safetensors")],
+    arch: Annotated[str, typer.Option(help="tiny_8, tiny_12, tiny_16, small, tiny_6_2, micro, ... optionally with ,key=value overrides")] = "tiny_8",
+    seed: Annotated[int, typer.Option(help="torch seed for the random init")] = 0,
+    eos_shadow: Annotated[Optional[int], typer.Option(help="make EOS win wherever this token id would: rows end at varied steps")] = None,
+):
+    """Write a seeded random-init checkpoint with a CharsiuG2P architecture (needs torch)."""
+    from . import checkpoint
+    try:
+        path = checkpoint.make(arch, seed, out_dir, eos_shadow=eos_shadow)
+    except ValueError as exc:
+        _fail(exc)
+    typer.echo(str(path))
+
+
+@app.command("compile")
+def compile_cmd(
+    checkpoint: CheckpointOpt = "default",
+    target: TargetOpt = "llvm",
+    batch_sizes: Annotated[str, typer.Option(help="compiled batch sizes")] = "1,8,32,64",
+    max_input_bytes: Annotated[int, typer.Option(help="longest input in bytes, '<lang>:' prefix and EOS included")] = 64,
+    input_buckets: Annotated[str, typer.Option(help="input lengths to compile (default: 16, 32, ... up to max)")] = "",
+    max_output_len: Annotated[int, typer.Option(help="decoder steps before a row counts as truncated")] = 64,
+    space_after_colon: SpaceOpt = False,
+    artifacts_dir: ArtifactsOpt = "artifacts",
+):
+    """Compile a checkpoint into TVM artifacts (one module per batch size x input length)."""
+    from .artifacts import ensure_artifacts, read_manifest
+    req = _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len,
+                   space_after_colon, artifacts_dir)
+    try:
+        path = ensure_artifacts(req)
+    except _domain_errors() as exc:
+        _fail(exc)
+    m = read_manifest(path)
+    typer.echo(f"{path}  ({len(m['buckets'])} buckets, target {json.dumps(m['target'])})")
+
+
+def _engine(req, threads):
+    from .artifacts import ensure_artifacts
+    from .runtime import load_engine
+    from . import targets
+    path = ensure_artifacts(req)
+    device = "cuda" if targets.kind(targets.resolve(req.target)) == "gpu" else "cpu"
+    return path, load_engine(path, device=device, threads=threads)
+
+
+@app.command()
+def transcribe(
+    words: Annotated[list[str], typer.Argument(help="words to transcribe")],
+    lang: Annotated[str, typer.Option(help="language code, e.g. eng-us, fra, cmn")] = "eng-us",
+    checkpoint: CheckpointOpt = "default",
+    target: TargetOpt = "llvm",
+    batch_sizes: Annotated[str, typer.Option()] = "1,8,32,64",
+    max_input_bytes: Annotated[int, typer.Option()] = 64,
+    max_output_len: Annotated[int, typer.Option()] = 64,
+    space_after_colon: SpaceOpt = False,
+    threads: Annotated[Optional[int], typer.Option(help="TVM threads (default: all cores)")] = None,
+    artifacts_dir: ArtifactsOpt = "artifacts",
+):
+    """Print word<TAB>IPA for each word, compiling artifacts on first use."""
+    import os
+    from .transcriber import Transcriber
+    from .tokenizer import PromptFormat
+    req = _request(checkpoint, target, batch_sizes, max_input_bytes, "", max_output_len, space_after_colon, artifacts_dir)
+    try:
+        _, engine = _engine(req, threads or os.cpu_count())
+    except _domain_errors() as exc:
+        _fail(exc)
+    results = Transcriber(engine, PromptFormat(space_after_colon), None).transcribe([lang] * len(words), words)
+    for w, r in zip(words, results):
+        typer.echo(f"{w}\t{r.phonemes}" if r.status == "ok" else f"{w}\t{r.phonemes or ''}\t[{r.status}: {r.error}]")
+
+
+@app.command()
+def verify(
+    data: Annotated[Path, typer.Option(help="a word<TAB>pron TSV (language = file stem) or a directory of them")],
+    checkpoint: CheckpointOpt = "default",
+    limit: Annotated[Optional[int], typer.Option(help="rows to check, spread round-robin over languages")] = None,
+    batch_size: Annotated[int, typer.Option(help="rows per batch (must be compiled)")] = 8,
+    target: TargetOpt = "llvm",
+    max_input_bytes: Annotated[int, typer.Option()] = 64,
+    max_output_len: Annotated[int, typer.Option()] = 64,
+    space_after_colon: SpaceOpt = False,
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="also decode with transformers and compare ids")] = True,
+    threads: Annotated[Optional[int], typer.Option()] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the per-language report here")] = None,
+    artifacts_dir: ArtifactsOpt = "artifacts",
+):
+    """Decode with TVM and transformers side by side: mismatching rows (0 expected), PER, WER."""
+    import os
+    from . import lexicon, verify as V
+    from .reference import Reference
+    from .tokenizer import PromptFormat
+    req = _request(checkpoint, target, str(batch_size), max_input_bytes, "", max_output_len, space_after_colon, artifacts_dir)
+    threads = threads or os.cpu_count()
+    try:
+        entries = lexicon.read(data, limit=limit)
+        path, engine = _engine(req, threads)
+    except _domain_errors() as exc:
+        _fail(exc)
+    ref = None
+    if reference:
+        from .checkpoint import resolve
+        ref = Reference(resolve(checkpoint)[1], threads=threads)
+    rep = V.run(engine, entries, batch_size, PromptFormat(space_after_colon), ref, progress=True)
+    langs = len({e.lang for e in entries})
+    typer.echo(f"rows: {rep.rows} over {langs} languages, batch size {batch_size}, skipped (too long): {len(rep.skipped)}")
+    typer.echo(f"tvm: {rep.rows / max(rep.tvm_seconds, 1e-9):.1f} words/s, truncated rows: {rep.truncated}")
+    if ref is not None:
+        typer.echo(f"transformers: {rep.rows / max(rep.ref_seconds, 1e-9):.1f} words/s")
+        typer.echo(f"mismatching rows: {len(rep.mismatches)}")
+    if rep.per_lang:
+        per, wer = V.mean_scores(rep.per_lang, "tvm")
+        line = f"tvm PER {per:.4f} WER {wer:.4f}"
+        if ref is not None:
+            rper, rwer = V.mean_scores(rep.per_lang, "ref")
+            line += f" | transformers PER {rper:.4f} WER {rwer:.4f}"
+        typer.echo(line + f" (mean over {len(rep.per_lang)} languages)")
+    if json_out:
+        json_out.write_text(json.dumps({"rows": rep.rows, "mismatches": rep.mismatches, "truncated": rep.truncated,
+                                        "per_lang": rep.per_lang, "skipped": rep.skipped}, indent=2))
+    if rep.mismatches:
+        for i in rep.mismatches[:10]:
+            typer.echo(f"  mismatch row {i}: tvm {rep.tvm_text[i]!r} vs transformers {rep.ref_text[i]!r}", err=True)
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,40 @@
+"""Checkpoint -> one shared library per bucket, in named, logged phases."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from . import kernels as K
+from . import targets
+from .model import T5Shape, build_module
+
+log = logging.getLogger("g2p_batch.compile")
+
+
+def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path: Path, dump_ir: Path | None = None):
+    """Build and export one bucket; returns the list of VM functions it holds."""
+    import tvm
+    from tvm.s_tir import dlight as dl
+
+    tkind = targets.kind(target)
+    t0 = time.perf_counter()
+    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind))
+    log.debug("b%d_in%d_out%d: model built (%.1fs)", B, L, T, time.perf_counter() - t0)
+    tgt = tvm.target.Target(target, host=targets.cpu_target()) if tkind == "gpu" else tvm.target.Target(target)
+    if dump_ir:
+        dump_ir.mkdir(parents=True, exist_ok=True)
+        (dump_ir / f"b{B}_in{L}_out{T}.model.py").write_text(mod.script())
+    if tkind == "gpu":
+        with tgt:
+            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+    ex = tvm.compile(mod, tgt)
+    log.debug("b%d_in%d_out%d: compiled (%.1fs)", B, L, T, time.perf_counter() - t0)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".so.tmp")
+    ex.export_library(str(tmp))
+    tmp.replace(out_path)
+    log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
+    return ["encode", "prefill", "step"]
