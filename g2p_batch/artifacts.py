@@ -103,7 +103,7 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
     from . import checkpoint as ckpt
     from .compiler import build_bucket
     from .loader import build_params
-    from .model import T5Shape
+    from .shapes import T5Shape
 
     req = req or CompileRequest(**fields)
     target = targets_mod.resolve(req.target)

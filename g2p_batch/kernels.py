@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm import s_tir
 
-NEG_INF = -3.4028234663852886e38  # torch.finfo(float32).min, HF's additive mask value
-PACK = 16
+from .shapes import NEG_INF, PACK  # noqa: F401  (re-exported for the kernels below)
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def _finish(tensors, sched):
         return func
     sch = s_tir.Schedule(func)
     sched(sch)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def _divisor(n: int, options=(4, 2, 1)) -> int:
@@ -236,14 +235,25 @@ def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTa
 
     from tvm.script import tirx as T_
 
+    if tgt.kind == "gpu":
+        @T_.prim_func(private=True)
+        def kv_write_gpu(kc: T_.Buffer((Ld, B, H, dk, T), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
+                         qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
+            T_.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            for bh in T_.thread_binding(B * H, thread="blockIdx.x"):
+                for d in T_.thread_binding(dk, thread="threadIdx.x"):
+                    kc[layer, bh // H, bh % H, d, pos[0]] = qkv[bh // H, inner + bh % H * dk + d]
+                    vc[layer, bh // H, bh % H, pos[0], d] = qkv[bh // H, 2 * inner + bh % H * dk + d]
+        return kv_write_gpu
+
     @T_.prim_func(private=True)
-    def func(kc: T_.Buffer((Ld, B, H, dk, T), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
-             qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
-        T_.func_attr({"tir.noalias": True})
+    def kv_write_cpu(kc: T_.Buffer((Ld, B, H, dk, T), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
+                     qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
+        T_.func_attr({"tirx.noalias": True})
         for b, h, d in T_.grid(B, H, dk):
             kc[layer, b, h, d, pos[0]] = qkv[b, inner + h * dk + d]
             vc[layer, b, h, pos[0], d] = qkv[b, 2 * inner + h * dk + d]
-    return func
+    return kv_write_cpu
 
 
 def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols: int, tgt: KernelTarget,

@@ -16,8 +16,7 @@ import math
 
 import numpy as np
 
-from .kernels import NEG_INF, PACK
-from .model import T5Shape
+from .shapes import NEG_INF, PACK, T5Shape
 
 _UNUSED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoding import Bucket, DecodeOutput
-from .kernels import NEG_INF
+from .shapes import NEG_INF
 from .tokenizer import EOS, PAD
 
 
@@ -40,7 +40,7 @@ class TVMEngine:
     def __init__(self, compiled: dict[Bucket, object], params: dict[str, np.ndarray], specs_by_bucket: dict,
                  cache_shapes: dict, max_output_len: int, device: str = "cpu"):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine
 
         self._tvm = tvm
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
@@ -56,7 +56,7 @@ class TVMEngine:
 
         self._vms: dict[Bucket, _BucketVM] = {}
         for b, lib in compiled.items():
-            vm = relax.VirtualMachine(lib, self.device)
+            vm = VirtualMachine(lib, self.device)
             specs, per_bucket = specs_by_bucket[b]
             args = {fn: [upload(n, per_bucket[n] if n in per_bucket else params[n]) for n, _ in spec]
                     for fn, spec in specs.items()}
@@ -116,7 +116,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from . import targets
     from .artifacts import ArtifactMismatch, read_manifest, verify_files
     from .loader import bucket_params
-    from .model import T5Shape, param_specs
+    from .shapes import T5Shape, param_specs
 
     set_threads(threads)
     path = Path(artifact_dir)

@@ -1,0 +1,55 @@
+"""TVM greedy decoding against transformers generate: identical token ids, row by row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from g2p_batch import verify
+from g2p_batch.reference import Reference
+from g2p_batch.runtime import load_engine
+
+
+def _check(make_set, entries, arch, batch, T, eos_shadow=None):
+    ck, art = make_set(arch=arch, eos_shadow=eos_shadow, T=T, batch_sizes=(batch,))
+    engine = load_engine(art)
+    rep = verify.run(engine, entries, batch, reference=Reference(ck))
+    assert rep.rows == len(entries) and not rep.skipped
+    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+    return engine, rep
+
+
+def test_tiny8_batch8_matches_transformers(make_set, parity_entries):
+    # 500 words -> 62 full batches and one with 4 all-PAD filler rows
+    _check(make_set, parity_entries, "tiny_8", 8, 16)
+
+
+@pytest.mark.slow
+def test_tiny8_batch1_matches_transformers(make_set, parity_entries):
+    _check(make_set, parity_entries, "tiny_8", 1, 16)
+
+
+@pytest.mark.slow
+def test_tiny12_batch8_matches_transformers(make_set, parity_entries):
+    _check(make_set, parity_entries, "tiny_12", 8, 16)
+
+
+def test_rows_ending_at_different_steps(make_set, parity_entries):
+    """EOS made likely (head row shadowing a common byte): rows end early, late or never, so
+    early exit, padding after EOS and truncation are all exercised against the reference."""
+    T = 24
+    engine, rep = _check(make_set, parity_entries[:200], "tiny_8", 8, T, eos_shadow=373)
+    ck, art = make_set(arch="tiny_8", eos_shadow=373, T=T, batch_sizes=(8,))
+    from g2p_batch.tokenizer import encode, pad_batch
+    lengths, steps = [], []
+    for start in range(0, 200, 8):
+        ids = pad_batch([encode(e.lang, e.word) for e in parity_entries[start:start + 8]], 64, 8)
+        out = engine.decode(ids)
+        lengths += list(out.lengths)
+        steps.append(out.steps)
+        assert ((out.lengths == T) | ~out.truncated).all()
+    lengths = np.array(lengths)
+    assert (lengths < T).sum() >= 20, "too few rows ended early to exercise EOS"
+    assert len(set(lengths[lengths < T].tolist())) >= 4, "rows should end at varied steps"
+    assert min(steps) < T, "no batch exited early"
+    assert rep.truncated > 0, "some rows should hit max_output_len"
