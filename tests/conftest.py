@@ -1,2 +1,73 @@
+"""Shared fixtures: seeded checkpoints and their compiled artifacts, built once per session.
+
+TVM's pool reads its thread count when it starts, and its spinning workers slow torch in the
+same process, so both are set before anything imports tvm."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+DATA = Path(os.environ.get("G2P_DATA", Path(__file__).resolve().parents[2] / "shared" / "charsiug2p-data"))
+
+# 25 languages, 20 words each: Latin, Cyrillic, Arabic, Devanagari, Thai, Hangul, CJK, Georgian,
+# Armenian, Greek, Ethiopic, Khmer, Tamil and Odia scripts
+PARITY_LANGS = ["eng-us", "fra", "ger", "pol", "vie-n", "rus", "ukr", "bul", "ara", "fas", "urd", "hin",
+                "san", "tha", "kor", "jpn", "zho-s", "yue", "geo", "arm-e", "gre", "amh", "khm", "tam", "ori"]
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts extra processes or clusters (still run in CI)")
+    if not (DATA / "data" / "test").is_dir():
+        raise pytest.UsageError(f"CharsiuG2P data not found at {DATA}; set G2P_DATA to the charsiug2p-data folder")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def parity_entries():
+    """500 test-split words (20 per language) whose input fits 64 bytes."""
+    from g2p_batch import lexicon
+    from g2p_batch.tokenizer import PromptFormat, encode_text
+
+    fmt = PromptFormat()
+    out = []
+    for lang in PARITY_LANGS:
+        rows = [e for e in lexicon.read_tsv(DATA / "data" / "test" / f"{lang}.tsv")
+                if len(encode_text(fmt.format(lang, e.word))) <= 64]
+        out += rows[:20]
+    assert len(out) == 500
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_set(tmp_path_factory):
+    """(arch, seed, eos_shadow, T, batch sizes, buckets, target) -> (checkpoint dir, artifact dir),
+    built once per session."""
+    from g2p_batch import artifacts, checkpoint
+
+    root = tmp_path_factory.mktemp("sets")
+    cache = {}
+
+    def make(arch="micro", seed=0, eos_shadow=None, T=16, batch_sizes=(1, 8), buckets=(32, 64), target="llvm"):
+        key = (arch, seed, eos_shadow, T, tuple(batch_sizes), tuple(buckets), target)
+        if key not in cache:
+            ck = root / f"{arch}_{seed}_{eos_shadow}"
+            if not (ck / "config.json").exists():
+                checkpoint.make(arch, seed, ck, eos_shadow=eos_shadow)
+            art = artifacts.ensure_artifacts(checkpoint=str(ck), target=target, batch_sizes=list(batch_sizes),
+                                             max_input_bytes=max(buckets), input_buckets=list(buckets),
+                                             max_output_len=T, root=str(root / "artifacts" / f"T{T}"),
+                                             progress=False)
+            cache[key] = (ck, art)
+        return cache[key]
+
+    return make
