@@ -181,5 +181,36 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def bench(
+    data: Annotated[Path, typer.Option(help="test split directory to sample words from")] = Path("../shared/charsiug2p-data/data/test"),
+    checkpoint: Annotated[Optional[str], typer.Option(help="default: a seeded tiny_8 checkpoint made in the cache dir")] = None,
+    words: Annotated[int, typer.Option()] = 2000,
+    batch: Annotated[int, typer.Option()] = 64,
+    steps: Annotated[int, typer.Option(help="forced decoder steps; 0 = natural EOS (trained checkpoints)")] = 14,
+    threads: Annotated[Optional[int], typer.Option(help="threads for every engine (default: all cores)")] = None,
+    engines: Annotated[str, typer.Option(help="comma-separated: tvm,transformers,ct2-fp32,ct2-int8")] = "tvm,transformers,ct2-fp32,ct2-int8",
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    latency_runs: Annotated[int, typer.Option()] = 20,
+    out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
+    cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
+):
+    """Benchmark TVM against transformers and CTranslate2 in one run: table, JSON and PNG."""
+    import os
+    from . import bench as B
+    cfg = B.BenchConfig(checkpoint=checkpoint, data=str(data), words=words, batch=batch, steps=steps or None,
+                        threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
+                        device=device, latency_runs=latency_runs, cache_dir=cache_dir)
+    try:
+        result = B.run(cfg, progress=lambda m: typer.echo(m, err=True))
+    except _domain_errors() as exc:
+        _fail(exc)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    B.plot(result, out / "bench.png")
+    typer.echo(B.table(result))
+    typer.echo(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -9,6 +9,7 @@ positions zero weight).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class TVMEngine:
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
         self.max_output_len = max_output_len
         self.buckets = sorted(compiled)
+        self.timings = {"encode": 0.0, "decode": 0.0}  # seconds, summed over decode() calls
         uploaded: dict[tuple, object] = {}
 
         def upload(name, arr):
@@ -67,18 +69,25 @@ class TVMEngine:
                 v_cache=tvm.runtime.tensor(np.zeros(vshape, np.float32), self.device),
                 pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)])
 
-    def decode(self, input_ids: np.ndarray) -> DecodeOutput:
+    def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True) -> DecodeOutput:
+        """Greedy decode of one compiled-shape batch. `max_steps` (<= max_output_len) and
+        `early_exit=False` exist for benchmarks that force every engine to run the same steps."""
         B, L = input_ids.shape
         bv = self._vms.get(Bucket(B, L))
         if bv is None:
             raise ValueError(f"no compiled bucket for batch {B} x {L} input ids; compiled: "
                              f"{[b.name for b in self.buckets]}")
-        tvm, dev, T = self._tvm, self.device, self.max_output_len
+        tvm, dev = self._tvm, self.device
+        T = min(max_steps or self.max_output_len, self.max_output_len)
+        t0 = time.perf_counter()
         ids = np.ascontiguousarray(input_ids, dtype=np.int32)
         mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
         hidden = bv.vm["encode"](tvm.runtime.tensor(ids.reshape(-1), dev), mask, *bv.args["encode"])
         cross = bv.vm["prefill"](hidden, *bv.args["prefill"])
         ck, cv = cross[0], cross[1]
+        dev.sync()
+        t1 = time.perf_counter()
+        self.timings["encode"] += t1 - t0
 
         tokens = np.zeros((B, T), np.int32)
         lengths = np.zeros(B, np.int32)
@@ -97,9 +106,10 @@ class TVMEngine:
             lengths += live
             logp_sum += np.where(live, logp, 0.0)
             done = done | (nxt == EOS)
-            if done.all():
+            if early_exit and done.all():
                 break
             step_in = tvm.runtime.tensor(nxt, dev)
+        self.timings["decode"] += time.perf_counter() - t1
         real = ids[:, 0] != PAD
         truncated = real & ~done
         scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)

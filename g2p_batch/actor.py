@@ -1,0 +1,98 @@
+"""One worker: holds an engine for its whole life and turns shards into output files.
+
+A plain class (the driver wraps it with `ray.remote` and the resources its config derived), so
+tests can run it in-process. The engine is built once in the constructor: loading compiled
+modules costs seconds, a shard milliseconds to minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from .engines import EngineSpec, build_engine
+from .planner import Shard, open_parquet
+from .tokenizer import PromptFormat
+from .transcriber import Transcriber
+from .writer import output_table, write_shard
+
+__all__ = ["ShardResult", "ShardSettings", "TranscribeActor"]
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """The per-job facts `process` needs besides the shard itself."""
+
+    output: str
+    word_column: str
+    lang_column: str | None
+    lang: str | None
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    rows_in: int
+    rows_out: int
+    sha256: str
+    size_bytes: int
+    statuses: dict[str, int]
+    unique_words: int
+    timings: dict[str, float]     # seconds: read, tokenize, encode, decode, write
+    seconds: float
+    actor: str
+    node: str | None
+
+
+class TranscribeActor:
+    def __init__(self, spec: EngineSpec, blob, fmt: PromptFormat, known_langs: set[str] | None,
+                 label: str = "actor"):
+        # `blob` arrives as its own argument so Ray resolves the object-store reference here
+        if blob is not None:
+            spec = spec.with_(blob=blob)
+        self.label = label
+        self.target = spec.target
+        self.transcriber = Transcriber(build_engine(spec), fmt, known_langs)
+
+    def ready(self) -> dict:
+        """Answers once the constructor (engine load) has finished."""
+        return {"label": self.label, "target": self.target, "pid": os.getpid(), "node": _node_id()}
+
+    def process(self, shard: Shard, settings: ShardSettings) -> ShardResult:
+        start = time.perf_counter()
+        table = open_parquet(shard.source).read_row_groups(shard.row_groups)
+        if table.num_rows != shard.num_rows:
+            raise RuntimeError(f"{shard.source}: row groups {shard.rg_start}..{shard.rg_stop - 1} "
+                               f"hold {table.num_rows} rows, the plan said {shard.num_rows}; the "
+                               "file changed during the job, rerun it")
+        words = table.column(settings.word_column).to_pylist()
+        langs = (table.column(settings.lang_column).to_pylist() if settings.lang_column
+                 else [settings.lang] * len(words))
+        read = time.perf_counter() - start
+
+        before = dict(self.transcriber.timings)
+        items_before = self.transcriber.decoded_items
+        results = self.transcriber.transcribe(langs, words, first_row=shard.first_row)
+
+        t_write = time.perf_counter()
+        out = output_table(table, results)
+        sha, size = write_shard(out, settings.output, shard.name)
+        end = time.perf_counter()
+
+        timings = {k: v - before.get(k, 0.0) for k, v in self.transcriber.timings.items()}
+        timings.update(read=read, write=end - t_write)
+        return ShardResult(
+            shard_id=shard.id, rows_in=shard.num_rows, rows_out=out.num_rows, sha256=sha,
+            size_bytes=size, statuses=dict(Counter(r.status for r in results)),
+            unique_words=self.transcriber.decoded_items - items_before, timings=timings,
+            seconds=end - start, actor=self.label, node=_node_id())
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:       # outside Ray (unit tests): no node to name
+        return None

@@ -1,0 +1,273 @@
+"""Every engine side by side in one run, on the same words, weights, threads and batches.
+
+Machines here are noisy, so numbers are only compared within one run. With random weights the
+engines are forced to the same number of decoder steps (the test split's mean output, 14 ids
+incl. EOS): transformers via min_new_tokens = max_new_tokens, CTranslate2 via
+min_decoding_length = max_decoding_length, TVM by running exactly that many steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .lexicon import Entry, read
+from .shapes import T5Shape
+from .tokenizer import PAD, PromptFormat, encode, encode_text, pad_batch
+
+ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8")
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: str | None = None  # None: a seeded tiny_8 made in the cache dir
+    data: str = ""
+    words: int = 2000
+    batch: int = 64
+    steps: int | None = 14         # None: natural EOS (trained checkpoints)
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    engines: tuple = ENGINES
+    device: str = "cpu"            # cpu | cuda
+    latency_runs: int = 20
+    seed: int = 0
+    cache_dir: str = "artifacts/bench"
+    max_output_len: int = 32
+
+
+def sample_words(data: str, n: int, seed: int, max_bytes: int = 64) -> list[Entry]:
+    """n test words drawn evenly across all languages, each fitting the compiled input."""
+    rows = [e for e in read(data) if len(encode_text(PromptFormat().format(e.lang, e.word))) <= max_bytes]
+    return random.Random(seed).sample(rows, min(n, len(rows)))
+
+
+def matmul_ceiling(threads: int, n: int = 1024, reps: int = 10) -> float:
+    """fp32 GFLOP/s of numpy's best square matmul, the practical roof for this machine."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    try:
+        from threadpoolctl import threadpool_limits
+        ctx = threadpool_limits(threads)
+    except ImportError:  # pragma: no cover
+        import contextlib
+        ctx = contextlib.nullcontext()
+    with ctx:
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def flops(s: T5Shape, in_len: int, steps: int) -> tuple[float, float]:
+    """(encoder + cross-K/V prefill, decoder) FLOPs for one word: 2 per multiply-add."""
+    D, I, F, H = s.d_model, s.inner, s.d_ff, s.heads
+    ff = (3 if s.gated else 2) * D * F
+    enc_layer = in_len * 2 * (4 * D * I + ff) + 2 * 2 * H * in_len * in_len * s.d_kv
+    enc = s.enc_layers * enc_layer + in_len * 2 * s.dec_layers * 2 * D * I
+    dec = 0.0
+    for t in range(steps):
+        layer = 2 * (4 * D * I + 2 * D * I + ff) + 2 * 2 * H * s.d_kv * ((t + 1) + in_len)
+        dec += s.dec_layers * layer + 2 * D * s.vocab
+    return enc, dec
+
+
+def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def run_tvm(cfg, ckpt, rows, batches, steps):
+    from .artifacts import CompileRequest, ensure_artifacts
+    from .runtime import load_engine
+
+    target = "cuda" if cfg.device == "cuda" else "llvm"
+    art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sorted({1, cfg.batch}),
+                                          max_input_bytes=64, max_output_len=cfg.max_output_len,
+                                          root=cfg.cache_dir))
+    eng = load_engine(art, device=cfg.device, threads=cfg.threads)
+    lens = sorted({b.input_len for b in eng.buckets})
+
+    def run_batch(idx, B):
+        L = next(n for n in lens if n >= max(len(rows[i]) for i in idx))
+        return eng.decode(pad_batch([rows[i] for i in idx], L, B), max_steps=steps, early_exit=steps is None)
+
+    run_batch(batches[0], cfg.batch)  # warm-up: first calls page in code and weights
+    eng.timings = {"encode": 0.0, "decode": 0.0}
+    t = time.perf_counter()
+    outs = [run_batch(idx, cfg.batch) for idx in batches]
+    total = time.perf_counter() - t
+    lat = [_timed(lambda: run_batch([0], 1)) for _ in range(cfg.latency_runs)]
+    n_steps = sum(o.steps for o in outs)
+    return {"seconds": total, "encode_s": eng.timings["encode"], "decode_s": eng.timings["decode"],
+            "latency_ms": 1000 * statistics.median(lat), "steps": n_steps}
+
+
+def run_transformers(cfg, ckpt, rows, batches, steps):
+    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    import torch
+
+    from .reference import Reference
+
+    ref = Reference(ckpt, threads=cfg.threads)
+    if cfg.device == "cuda":
+        ref.model.to("cuda")
+    dev = "cuda" if cfg.device == "cuda" else "cpu"
+
+    def run_batch(idx):
+        L = max(len(rows[i]) for i in idx)
+        ids = torch.as_tensor(pad_batch([rows[i] for i in idx], L), dtype=torch.long, device=dev)
+        kw = dict(max_new_tokens=steps, min_new_tokens=steps) if steps else dict(max_new_tokens=cfg.max_output_len)
+        with torch.inference_mode():
+            out = ref.model.generate(input_ids=ids, attention_mask=(ids != PAD).long(), num_beams=1,
+                                     do_sample=False, **kw)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run_batch(batches[0])
+    t = time.perf_counter()
+    for idx in batches:
+        run_batch(idx)
+    total = time.perf_counter() - t
+    lat = [_timed(lambda: run_batch([0])) for _ in range(cfg.latency_runs)]
+    return {"seconds": total, "latency_ms": 1000 * statistics.median(lat)}
+
+
+def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
+    if (out / "model.bin").exists():
+        return out
+    import ctranslate2
+    from transformers import ByT5Tokenizer
+
+    ByT5Tokenizer().save_pretrained(ckpt)  # the converter reads the vocabulary from the tokenizer
+    ctranslate2.converters.TransformersConverter(ckpt).convert(str(out), quantization=quantization, force=True)
+    return out
+
+
+def run_ct2(cfg, ckpt, rows, batches, steps, compute_type):
+    import ctranslate2
+    from transformers import ByT5Tokenizer
+
+    path = convert_ct2(ckpt, Path(cfg.cache_dir) / f"ct2-{Path(ckpt).name}-{compute_type}",
+                       None if compute_type == "float32" else compute_type)
+    tr = ctranslate2.Translator(str(path), device=cfg.device, compute_type=compute_type,
+                                inter_threads=1, intra_threads=cfg.threads)
+    tok = ByT5Tokenizer()
+    src = [tok.convert_ids_to_tokens(r) for r in rows]
+    kw = dict(min_decoding_length=steps, max_decoding_length=steps) if steps else dict(max_decoding_length=cfg.max_output_len)
+
+    def run_batch(idx):
+        return tr.translate_batch([src[i] for i in idx], beam_size=1, max_batch_size=len(idx), **kw)
+
+    run_batch(batches[0])
+    t = time.perf_counter()
+    for idx in batches:
+        run_batch(idx)
+    total = time.perf_counter() - t
+    lat = [_timed(lambda: run_batch([0])) for _ in range(cfg.latency_runs)]
+    return {"seconds": total, "latency_ms": 1000 * statistics.median(lat)}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(cfg: BenchConfig, progress=print) -> dict:
+    from . import checkpoint as ckpt_mod
+
+    ckpt = cfg.checkpoint
+    if ckpt is None:
+        ckpt = str(Path(cfg.cache_dir) / "tiny_8_seed0")
+        if not (Path(ckpt) / "config.json").exists():
+            ckpt_mod.make("tiny_8", 0, ckpt)
+    ckpt_path = str(ckpt_mod.resolve(ckpt)[1])
+    shape = T5Shape.from_hf_config(json.loads((Path(ckpt_path) / "config.json").read_text()))
+    entries = sample_words(cfg.data, cfg.words, cfg.seed)
+    rows = [encode(e.lang, e.word) for e in entries]
+    batches = length_sorted_batches(rows, cfg.batch)
+    # pad the last batch's word list for TVM (fixed shapes); the others take it as is
+    steps = cfg.steps
+    mean_in = float(np.mean([len(r) for r in rows]))
+    enc_f, dec_f = flops(shape, round(mean_in), steps or 14)
+    progress(f"{len(rows)} words over {len({e.lang for e in entries})} languages, batch {cfg.batch}, "
+             f"{'forced ' + str(steps) if steps else 'natural-EOS'} steps, {cfg.threads} threads, device {cfg.device}")
+    result = {"config": asdict(cfg), "words": len(rows), "mean_input_ids": mean_in,
+              "gflop_per_word": (enc_f + dec_f) / 1e9, "engines": {}}
+    if cfg.device == "cpu":
+        result["matmul_ceiling_gflops"] = matmul_ceiling(cfg.threads)
+        progress(f"fp32 matmul ceiling (numpy, {cfg.threads} threads): {result['matmul_ceiling_gflops']:.1f} GFLOP/s")
+    for name in cfg.engines:
+        progress(f"running {name} ...")
+        try:
+            if name == "tvm":
+                r = run_tvm(cfg, ckpt_path, rows, batches, steps)
+                r["encode_gflops"] = len(rows) * enc_f / 1e9 / max(r["encode_s"], 1e-9)
+                if steps:
+                    r["decode_gflops"] = len(rows) * dec_f / 1e9 / max(r["decode_s"], 1e-9)
+            elif name == "transformers":
+                r = run_transformers(cfg, ckpt_path, rows, batches, steps)
+            elif name.startswith("ct2"):
+                r = run_ct2(cfg, ckpt_path, rows, batches, steps, "float32" if name == "ct2-fp32" else "int8")
+            else:
+                raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+        except ImportError as exc:
+            r = {"error": f"not installed: {exc.name} (pip install g2p-batch[bench])"}
+        if "seconds" in r:
+            r["words_per_s"] = len(rows) / r["seconds"]
+        result["engines"][name] = r
+    base = result["engines"].get("transformers", {}).get("words_per_s")
+    for r in result["engines"].values():
+        if base and "words_per_s" in r:
+            r["vs_transformers"] = r["words_per_s"] / base
+    return result
+
+
+def table(result: dict) -> str:
+    head = f"{'engine':<14}{'words/s':>10}{'x transf.':>11}{'b1 ms':>9}{'enc s':>8}{'dec s':>8}{'enc GF/s':>10}{'dec GF/s':>10}"
+    lines = [head, "-" * len(head)]
+    for name, r in result["engines"].items():
+        if "error" in r:
+            lines.append(f"{name:<14}  {r['error']}")
+            continue
+
+        def f(key, fmt):
+            return format(r[key], fmt) if key in r else "-"
+        lines.append(f"{name:<14}{f('words_per_s', '10.1f')}{f('vs_transformers', '11.2f')}{f('latency_ms', '9.2f')}"
+                     f"{f('encode_s', '8.2f')}{f('decode_s', '8.2f')}{f('encode_gflops', '10.1f')}{f('decode_gflops', '10.1f')}")
+    if "matmul_ceiling_gflops" in result:
+        lines.append(f"fp32 matmul ceiling: {result['matmul_ceiling_gflops']:.1f} GFLOP/s; "
+                     f"{result['gflop_per_word']:.3f} GFLOP/word -> roof "
+                     f"{result['matmul_ceiling_gflops'] / result['gflop_per_word']:.0f} words/s")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, r in result["engines"].items() if "words_per_s" in r]
+    vals = [result["engines"][n]["words_per_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.barh(names, vals, color=["#2a7" if n == "tvm" else "#888" for n in names])
+    for y, v in enumerate(vals):
+        ax.text(v, y, f" {v:.0f}", va="center")
+    cfg = result["config"]
+    ax.set_xlabel("words/s (higher is better)")
+    ax.set_title(f"g2p-batch bench: {result['words']} words, batch {cfg['batch']}, {cfg['threads']} threads, {cfg['device']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

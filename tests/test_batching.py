@@ -1,0 +1,110 @@
+import random
+
+import pytest
+
+from g2p_batch.batching import choose_batch_sizes, plan_batches, validate_row, RowError
+from g2p_batch.decoding import Bucket
+from g2p_batch.tokenizer import PromptFormat, encode
+
+SIZES = [1, 8, 32, 64]
+LENS = [16, 32, 64]
+BUCKETS = [Bucket(b, n) for b in SIZES for n in LENS]
+LANGS = {"eng-us", "fra", "ger"}
+
+
+def _words(n, seed=0):
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyzéüß"
+    return [("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))),
+             rng.choice(sorted(LANGS))) for _ in range(n)]
+
+
+def test_every_row_exactly_once_and_duplicates_decoded_once():
+    pairs = _words(300)
+    pairs += pairs[:50]                       # 50 exact duplicates
+    pairs.append(("abc", "fra"))
+    pairs.append(("abc", "ger"))              # same word, other language: not a duplicate
+    words, langs = [w for w, _ in pairs], [l for _, l in pairs]
+    plan = plan_batches(langs, words, BUCKETS, known_langs=LANGS)
+
+    assert len(plan.row_items) == len(words)
+    in_batches = [i for b in plan.batches for i in b.items]
+    assert sorted(in_batches) == list(range(len(plan.items)))          # each item once
+    assert len(plan.items) == len(set(zip(langs, words)))              # one item per pair
+    for pos, item in enumerate(plan.row_items):                        # fan-out is right
+        assert item is not None
+        assert (plan.items[item].lang, plan.items[item].word) == (langs[pos], words[pos])
+    assert plan.row_items[0] == plan.row_items[300]
+
+
+def test_batches_use_smallest_fitting_input_bucket_and_compiled_sizes():
+    words = [w for w, _ in _words(500, seed=1)]
+    plan = plan_batches(["eng-us"] * len(words), words, BUCKETS, known_langs=LANGS)
+    for batch in plan.batches:
+        assert batch.bucket in BUCKETS
+        longest = max(len(plan.items[i].ids) for i in batch.items)
+        assert longest <= batch.bucket.input_len
+        smaller = [n for n in LENS if n < batch.bucket.input_len]
+        assert all(longest > n for n in smaller), "a smaller input bucket would fit"
+        assert 0 < len(batch.items) <= batch.bucket.batch
+
+
+@pytest.mark.parametrize("sizes", [[1, 8, 32, 64], [8, 32], [4], [2, 3, 16]])
+def test_batch_sizes_cover_n_with_bounded_padding(sizes):
+    for n in range(1, 300):
+        chosen = choose_batch_sizes(n, sizes)
+        assert all(s in sizes for s in chosen)
+        assert sum(chosen) >= n and sum(chosen[:-1]) < n      # no batch is all padding
+        pad = sum(chosen) - n
+        # only the last batch pads; it is at least half real rows, unless the remainder is
+        # below half the smallest compiled size
+        rest = n - sum(chosen[:-1])
+        assert pad == chosen[-1] - rest
+        assert pad <= rest or chosen[-1] == min(sizes)
+        full = [s for s in chosen[:-1]]
+        assert full == sorted(full, reverse=True)             # big batches first
+
+
+def test_batch_sizes_examples():
+    assert choose_batch_sizes(13, SIZES) == [8, 8]
+    assert choose_batch_sizes(64, SIZES) == [64]
+    assert choose_batch_sizes(129, SIZES) == [64, 64, 1]
+    assert choose_batch_sizes(3, [8, 32]) == [8]
+    assert choose_batch_sizes(0, SIZES) == []
+
+
+def test_non_cross_product_buckets_use_sizes_of_their_length():
+    buckets = [Bucket(8, 16), Bucket(1, 16), Bucket(4, 32)]
+    words = ["ab"] * 1 + [f"w{i}" for i in range(9)] + ["x" * 20, "y" * 20]
+    plan = plan_batches(["fra"] * len(words), words, buckets, known_langs=LANGS)
+    assert {b.bucket for b in plan.batches} <= set(buckets)
+    assert sum(len(b.items) for b in plan.batches) == len(plan.items)
+
+
+@pytest.mark.parametrize("lang,word,needle", [
+    ("fra", None, "word is null"),
+    ("fra", "", "word is empty"),
+    ("fra", "  \t", "only whitespace"),
+    ("xx", "bonjour", "language 'xx' is not one the model knows"),
+    ("eng-uk", "hello", "did you mean eng-us"),
+    (None, "bonjour", "language code is null"),
+    ("fra", "a" * 80, "add a larger size to input_buckets"),
+])
+def test_bad_rows_are_errors_naming_row_value_and_fix(lang, word, needle):
+    plan = plan_batches(["fra", lang], ["ok", word], BUCKETS, known_langs=LANGS, first_row=100)
+    assert plan.row_items[0] is not None and plan.row_items[1] is None
+    msg = plan.errors[1]
+    assert msg.startswith("row 101: ") and needle in msg
+
+
+def test_too_long_counts_prefix_and_eos():
+    fmt = PromptFormat()
+    word = "a" * (64 - len(encode("fra", "", fmt)))    # exactly 64 ids
+    assert len(validate_row(0, "fra", word, LANGS, fmt, 64)) == 64
+    with pytest.raises(RowError, match="65 input bytes"):
+        validate_row(0, "fra", word + "a", LANGS, fmt, 64)
+
+
+def test_known_langs_none_accepts_any_code():
+    plan = plan_batches(["zz"], ["word"], BUCKETS, known_langs=None)
+    assert plan.errors == {}

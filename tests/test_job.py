@@ -1,0 +1,191 @@
+"""The whole job on a real local Ray (2 CPUs) with real Parquet files and the fake engine."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from g2p_batch.config import ConfigError, JobConfig
+from g2p_batch.driver import JobFailed, run_job
+from g2p_batch.planner import InputError
+from g2p_batch.tokenizer import decode, encode_text
+from g2p_batch.writer import MANIFEST, REPORT
+from tests.fakes import prepare_fake_engine
+from tests.lexicons import LONG, MAX_OUT, TOO_LONG, check_output, job_config, job_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+def test_end_to_end_rows_once_columns_carried_bad_rows_reported(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    report = run_job(job_config(tmp_path))
+    assert report.ok and report.shards_planned == report.shards_committed == 6
+    out = check_output(expected, tmp_path / "out")
+
+    by_id = {r["id"]: r for r in out.select(["id", "status", "error", "phonemes"]).to_pylist()}
+    messages = {i: by_id[i]["error"] for i in range(2000, 2006)}
+    assert "word is null" in messages[2000] and "word is empty" in messages[2001]
+    assert "only whitespace" in messages[2002]
+    assert "language 'xx' is not one the model knows" in messages[2003]
+    assert "add a larger size to input_buckets" in messages[2004] and TOO_LONG in messages[2004]
+    assert by_id[2005]["status"] == "truncated" and "raise max_output_len" in by_id[2005]["error"]
+    assert messages[2000].startswith("row 35:")        # row index within b.parquet
+
+    assert report.rows == {"ok": 95, "error": 5, "truncated": 1}
+    assert set(report.stages) >= {"read", "tokenize", "encode", "decode", "write"}
+    assert sum(a["rows"] for a in report.actors.values()) == 101
+    assert all(a["words_per_s"] > 0 for a in report.actors.values())
+    saved = json.loads((tmp_path / "out" / REPORT).read_text())
+    assert saved["ok"] and saved["rows"] == report.rows and 0 < saved["driver_share"] <= 1
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert len(manifest["shards"]) == 6 and manifest["info"]["checkpoint_id"] == "fake-ckpt"
+    assert set(manifest["info"]["artifacts"]) == {"llvm"}
+    assert sum(e["rows_out"] for e in manifest["shards"].values()) == 101
+
+    # a rerun finds everything committed and does no work
+    again = run_job(job_config(tmp_path))
+    assert again.shards_skipped == 6 and again.shards_committed == 0
+    # other output-changing settings may not resume into this directory
+    with pytest.raises(ConfigError, match="max_output_len: 16 -> 32.*overwrite"):
+        run_job(job_config(tmp_path, max_output_len=32))
+    # a missing or altered shard file is redone; overwrite redoes everything
+    first = sorted((tmp_path / "out").glob("*.parquet"))[0]
+    first.write_bytes(b"corrupted")
+    assert run_job(job_config(tmp_path)).shards_committed == 1
+    check_output(expected, tmp_path / "out")
+    assert run_job(job_config(tmp_path, overwrite=True)).shards_committed == 6
+    check_output(expected, tmp_path / "out")
+
+
+def test_actor_killed_mid_shard_loses_and_duplicates_nothing(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    victim = expected.column("word")[45].as_py()      # a word of a.parquet's 3rd shard
+    marker = tmp_path / "died-once"
+    factory = functools.partial(prepare_fake_engine, die_on_word=victim, marker=str(marker))
+    report = run_job(job_config(tmp_path), engine_factory=factory)
+    assert marker.read_text() == "died"
+    assert report.ok and report.failed_attempts == 1 and report.shards_committed == 6
+    check_output(expected, tmp_path / "out")
+
+
+def test_shard_that_keeps_failing_is_reported_others_commit(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    victim = expected.column("word")[3].as_py()       # first shard of a.parquet
+    factory = functools.partial(prepare_fake_engine, raise_on_word=victim)
+    with pytest.raises(JobFailed) as info:
+        run_job(job_config(tmp_path, max_retries=1), engine_factory=factory)
+    report = info.value.report
+    assert report.shards_committed == 5 and len(report.failed) == 1
+    failed = report.failed[0]
+    assert failed["attempts"] == 2 and "fake device fault" in failed["error"]
+    assert failed["shard"] in str(info.value) and "rerun the same command" in str(info.value)
+    assert not json.loads((tmp_path / "out" / REPORT).read_text())["ok"]
+    # the fix is a rerun: only the failed shard runs, then the output is complete
+    rerun = run_job(job_config(tmp_path))
+    assert rerun.shards_skipped == 5 and rerun.shards_committed == 1
+    check_output(expected, tmp_path / "out")
+
+
+def test_actors_that_cannot_start_fail_the_job_clearly(local_ray, tmp_path):
+    job_inputs(tmp_path)
+    factory = functools.partial(prepare_fake_engine, fail_load=True)
+    with pytest.raises(JobFailed) as info:
+        run_job(job_config(tmp_path, max_retries=0), engine_factory=factory)
+    assert len(info.value.report.failed) == 6
+    assert ("not attempted: no actor could start (actor failed to start: RuntimeError: fake "
+            "engine refuses to load)") in str(info.value)
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_unknown_fixed_lang_fails_before_actors_and_output_stays_usable(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    with pytest.raises(ConfigError, match="lang 'zz' is not in the model's language list"):
+        run_job(job_config(tmp_path, lang_column=None, lang="zz"))
+    assert run_job(job_config(tmp_path)).shards_committed == 6     # other settings: fine
+    check_output(expected, tmp_path / "out")
+
+
+def test_engine_preparation_errors_become_config_errors(local_ray, tmp_path):
+    job_inputs(tmp_path)
+
+    def broken(config, target):
+        raise ValueError("artifacts in x do not match; remove x to rebuild")
+
+    with pytest.raises(ConfigError, match="cannot prepare the llvm engine: artifacts in x"):
+        run_job(job_config(tmp_path), engine_factory=broken)
+
+
+def test_bad_input_fails_before_any_work(tmp_path):
+    """Planning reads footers only, and stops the job before Ray or any output is touched."""
+    job_inputs(tmp_path)
+    (tmp_path / "in" / "broken.parquet").write_bytes(b"PAR1\x00\x00garbage")
+    with pytest.raises(InputError, match="broken.parquet: cannot read it as Parquet"):
+        run_job(job_config(tmp_path))
+    (tmp_path / "in" / "broken.parquet").unlink()
+    with pytest.raises(InputError, match="a.parquet: has no column 'language'.*set lang_column"):
+        run_job(job_config(tmp_path, lang_column="language"))
+    assert not (tmp_path / "out").exists()          # planning failed before any output
+    with pytest.raises(ConfigError, match="inside the input directory"):
+        run_job(job_config(tmp_path, output=str(tmp_path / "in" / "out")))
+
+
+@pytest.mark.slow
+def test_resume_after_driver_killed(local_ray, tmp_path):
+    """A driver process SIGKILLed mid-job; the rerun skips what it committed, adds no duplicates."""
+    expected = job_inputs(tmp_path)
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "FAKE_ENGINE": json.dumps({"delay_s": 0.4})}
+    cmd = [sys.executable, str(ROOT / "jobs" / "transcribe.py"), "--input", str(tmp_path / "in"),
+           "--output", str(out), "--lang-column", "lang", "--batch-sizes", "1,8,32",
+           "--max-output-len", str(MAX_OUT), "--rows-per-shard", "20", "--num-cpu-actors", "1",
+           "--threads-per-actor", "1", "--no-progress", "--engine", "tests.fakes:prepare_fake_engine"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if len(json.loads((out / MANIFEST).read_text())["shards"]) >= 2:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.1)
+        else:
+            pytest.fail("the driver committed no shards in 60 s")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+
+    committed = json.loads((out / MANIFEST).read_text())["shards"]
+    assert 2 <= len(committed) < 6
+    before = {e["file"]: (out / e["file"]).stat().st_mtime_ns for e in committed.values()}
+    report = run_job(job_config(tmp_path))
+    assert report.shards_skipped == len(committed)
+    assert report.shards_committed == 6 - len(committed)
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == before   # not rewritten
+    check_output(expected, out)
+    assert not list(out.glob(".*.tmp-*"))

@@ -1,0 +1,161 @@
+"""g2p_batch.train on CPU: data encoding, batch plans, LR schedule, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import gzip
+import inspect
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from g2p_batch.tokenizer import EOS, PAD, PromptFormat, encode_text
+from g2p_batch.train import (build_parser, epoch_plan, load_pairs, lr_at, steps_per_epoch, train)
+
+SHARED = Path("/work/shared/charsiug2p-data/data")
+LANGS = ("eng-us", "fin", "dut")
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{ln}\n" for ln in lines), encoding="utf-8")
+
+
+def _subset(tmp: Path, n_train: int = 40, n_dev: int = 10) -> tuple[Path, Path]:
+    """First lines of a few languages from the shared data; synthetic pairs when it is absent."""
+    train_dir, dev_dir = tmp / "train", tmp / "dev"
+    for lang in LANGS:
+        for split, n, d in (("train", n_train, train_dir), ("dev", n_dev, dev_dir)):
+            src = SHARED / split / f"{lang}.tsv"
+            if src.exists():
+                lines = src.read_text(encoding="utf-8").splitlines()[:n]
+            else:  # a learnable toy mapping: the "pronunciation" is the word reversed
+                rng = random.Random(f"{lang}{split}")
+                words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(2, 7))) for _ in range(n)]
+                lines = [f"{w}\t{w[::-1]}" for w in words]
+            _write(d / f"{lang}.tsv", lines)
+    return train_dir, dev_dir
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared
+    yield
+    torch.set_num_threads(old)
+
+
+def test_load_pairs_encodes_like_encode_text_and_counts_drops(tmp_path):
+    _write(tmp_path / "xx.tsv", [
+        "abc\tæ b , x",            # variants: train on the first, stripped
+        "word\tw ɜː d",
+        "x" * 70 + "\tlong",       # input over 64 ids
+        "short\t" + "y" * 80,      # target over 64 ids
+        "notab",                   # malformed
+        "emptypron\t , z",         # malformed: empty first variant
+        "",                        # blank lines are not lines
+    ])
+    (tmp_path / "yy.tsv.gz").write_bytes(gzip.compress("ça\tsa\n".encode("utf-8")))
+    ds = load_pairs(tmp_path)
+    assert ds.langs == ["xx", "yy"] and ds.files == 2 and len(ds) == 3
+    assert ds.per_lang["xx"] == dict(lines=6, kept=2, dropped_input=1, dropped_output=1, malformed=2)
+    assert ds.dropped()["dropped_total"] == 4
+    fmt = PromptFormat()
+    want = [(fmt.format("xx", "abc"), "æ b"), (fmt.format("xx", "word"), "w ɜː d"), (fmt.format("yy", "ça"), "sa")]
+    for r, (src, tgt) in enumerate(want):
+        assert ds.src[r, : ds.src_len[r]].tolist() == encode_text(src)
+        assert ds.tgt[r, : ds.tgt_len[r]].tolist() == encode_text(tgt)
+        assert (ds.src[r, ds.src_len[r]:] == PAD).all() and (ds.tgt[r, ds.tgt_len[r]:] == PAD).all()
+    assert ds.src[0, ds.src_len[0] - 1] == EOS
+    assert ds.src.dtype == np.int16 and ds.src.shape[1] == ds.src_len.max()
+    # limits: first N lines of each file; tighter length limits drop more
+    assert load_pairs(tmp_path, limit_per_lang=1).per_lang["xx"]["kept"] == 1
+    assert load_pairs(tmp_path, max_input_bytes=len(encode_text("<xx>:abc"))).per_lang["xx"]["kept"] == 1
+
+
+def test_epoch_plan_is_deterministic_bucketed_and_complete():
+    rng = np.random.default_rng(1)
+    n = 5000
+    src_len = rng.integers(5, 40, n).astype(np.int16)
+    tgt_len = np.clip(src_len - 4 + rng.integers(-3, 8, n), 2, 64).astype(np.int16)  # correlated, as in G2P
+    a = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=8)
+    b = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=8)
+    c = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=1, chunk_batches=8)
+    d = epoch_plan(src_len, tgt_len, 64, seed=4, epoch=0, chunk_batches=8)
+    assert len(a) == steps_per_epoch(n, 64, 8)
+    for field in ("order", "starts", "ends", "src_w", "tgt_w"):
+        assert np.array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.order, c.order) and not np.array_equal(a.order, d.order)
+    rows = np.concatenate([a.order[s:e] for s, e in zip(a.starts, a.ends)])
+    assert np.array_equal(np.sort(rows), np.arange(n))  # every row exactly once
+    for s, e, ws, wt in zip(a.starts, a.ends, a.src_w, a.tgt_w):
+        assert ws == src_len[a.order[s:e]].max() and wt == tgt_len[a.order[s:e]].max()
+    sl, tl = src_len.astype(np.int64), tgt_len.astype(np.int64)
+    random_fill = (sl.sum() + tl.sum()) / (n * (sl.max() + tl.max()))
+    assert a.tokens.sum() / a.padded.sum() > random_fill + 0.15  # bucketing cuts padding
+    assert steps_per_epoch(1000, 64, 4) == len(epoch_plan(src_len[:1000], tgt_len[:1000], 64, 0, 0, 4))
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero():
+    assert lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert lr_at(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 10, 100) == pytest.approx(0.5)
+    assert lr_at(100, 1.0, 10, 100) == pytest.approx(0.0, abs=1e-9)
+    # time-aware: past the deadline fraction the LR is ~0 even early in the planned steps
+    assert lr_at(20, 1.0, 10, 1000, time_frac=1.0) == pytest.approx(0.0, abs=1e-9)
+    assert lr_at(20, 1.0, 10, 1000, time_frac=0.5) == pytest.approx(0.5)
+
+
+def test_cli_options_are_train_keywords():
+    args = build_parser().parse_args(["--data", "d", "--out", "o", "--no-bf16", "--limit-per-lang", "5"])
+    params = inspect.signature(train).parameters
+    assert set(vars(args)) <= set(params)
+    assert args.bf16 is False and args.limit_per_lang == 5 and args.batch_size == 512
+    for name, value in vars(build_parser().parse_args(["--data", "d", "--out", "o"])).items():
+        if name not in ("data", "out"):
+            assert params[name].default == value, name
+
+
+def test_train_micro_end_to_end(tmp_path, one_thread):
+    import torch
+    import transformers
+    from safetensors import safe_open
+
+    train_dir, dev_dir = _subset(tmp_path)
+    out = tmp_path / "ckpt"
+    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+              warmup_steps=5, seed=0, device="cpu", limit_per_lang=20, dev=str(dev_dir),
+              log_every=8, dev_generate=6, argv=["pytest"])
+    assert s["steps"] == s["planned_steps"] == 8 * s["steps_per_epoch"] == 64
+    assert not s["stopped_early"] and s["epochs_completed"] == 8
+    assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
+    assert s["dev"]["loss"] < s["first_loss"] and s["dev"]["generated"] == 6
+
+    summary = json.loads((out / "training_summary.json").read_text())
+    for key in ("steps", "epochs_done", "seconds", "final_loss", "dropped_pairs", "device_name",
+                "torch_version", "argv", "data_files", "pairs_per_language", "options"):
+        assert key in summary, key
+    assert summary["argv"] == ["pytest"] and summary["data_files"] == 3
+    assert {k: v["kept"] for k, v in summary["pairs_per_language"].items()} == {lang: 20 for lang in LANGS}
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    model = transformers.T5ForConditionalGeneration.from_pretrained(out)
+    cfg = model.config
+    assert (cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id) == (0, 1, 0)
+    assert (cfg.d_model, cfg.num_layers, cfg.num_decoder_layers) == (64, 2, 2)
+    ids = torch.tensor([encode_text("<eng-us>:cat")])
+    gen = model.float().generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    assert gen.shape[0] == 1 and gen[0, 0].item() == 0
+
+
+def test_time_limit_stops_and_still_saves(tmp_path, one_thread):
+    train_dir, _ = _subset(tmp_path, n_train=20, n_dev=0)
+    out = tmp_path / "ckpt"
+    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
+              max_minutes=0.0, reserve_seconds=0.0, log_every=1000)
+    assert s["stopped_early"] and s["stop_reason"] == "time" and s["steps"] < s["planned_steps"]
+    assert (out / "model.safetensors").exists() and (out / "training_summary.json").exists()

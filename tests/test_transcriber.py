@@ -1,0 +1,76 @@
+import pytest
+
+from g2p_batch.decoding import Bucket
+from g2p_batch.tokenizer import PromptFormat
+from g2p_batch.transcriber import RowResult, Transcriber
+from tests.fakes import FAKE_SCORE, FakeEngine, fake_phonemes
+
+BUCKETS = [Bucket(b, n) for b in (1, 8, 32) for n in (16, 32, 64)]
+LANGS = {"eng-us", "fra"}
+
+
+def _transcriber(max_output_len=64, **kw):
+    engine = FakeEngine(BUCKETS, max_output_len, **kw)
+    return Transcriber(engine, PromptFormat(), LANGS), engine
+
+
+def test_rows_come_back_in_order_with_fake_phonemes():
+    t, engine = _transcriber()
+    words = [f"word{i}" for i in range(40)] + ["été", "word3"]
+    results = t.transcribe(["fra"] * len(words), words)
+    assert [r.phonemes for r in results] == [fake_phonemes(w) for w in words]
+    assert all(r.status == "ok" and r.error is None for r in results)
+    assert all(r.score == pytest.approx(FAKE_SCORE) for r in results)
+    assert sum(b for b, _ in engine.calls) >= 41 and t.decoded_items == 41
+
+
+def test_duplicates_decode_once():
+    t, engine = _transcriber()
+    results = t.transcribe(["fra"] * 20, ["même"] * 20)
+    assert engine.calls == [(1, 16)]
+    assert {r.phonemes for r in results} == {"emêm"}
+
+
+def test_truncated_rows_keep_partial_phonemes_and_say_how_to_fix():
+    t, _ = _transcriber(max_output_len=8)
+    results = t.transcribe(["fra", "fra", "fra"], ["abcdefghijkl", "ab", "abcdefghijkl"],
+                           first_row=10)
+    assert results[1] == RowResult("ba", "ok", None, pytest.approx(FAKE_SCORE))
+    for pos in (0, 2):
+        r = results[pos]
+        assert r.status == "truncated" and r.phonemes == "lkjihgfe"
+        assert r.error.startswith(f"row {10 + pos}:") and "raise max_output_len" in r.error
+
+
+def test_bad_rows_are_per_row_errors_good_rows_still_decode():
+    t, _ = _transcriber()
+    results = t.transcribe(["fra", "fra", "xx", "fra"], ["bon", None, "bon", "x" * 100])
+    assert [r.status for r in results] == ["ok", "error", "error", "error"]
+    assert results[0].phonemes == "nob"
+    assert all(r.phonemes is None and r.score is None and r.error for r in results[1:])
+
+
+def test_engine_failures_propagate_not_per_row():
+    t, _ = _transcriber(raise_on_word="boom")
+    with pytest.raises(RuntimeError, match="fake device fault"):
+        t.transcribe(["fra", "fra"], ["fine", "boom"])
+
+
+def test_one_item_api_matches_batch_api():
+    t, _ = _transcriber()
+    words = ["chat", "", "x" * 100, "oiseau"]
+    batch = t.transcribe(["fra"] * len(words), words)
+    for pos, w in enumerate(words):
+        one, many = t.transcribe_one("fra", w), batch[pos]
+        assert (one.phonemes, one.status, one.score) == (many.phonemes, many.status, many.score)
+        if one.error:       # same message; only the row number differs
+            assert one.error.replace("row 0:", f"row {pos}:") == many.error
+
+
+def test_timings_split_engine_encode_time():
+    t, _ = _transcriber(encode_s=0.5)            # fake claims 0.5 s of encoder per call
+    t.transcribe(["fra"], ["abc"])
+    assert set(t.timings) == {"tokenize", "encode", "decode"}
+    assert t.timings["tokenize"] > 0
+    # encode is carved out of measured engine time and never exceeds it
+    assert 0 <= t.timings["encode"] <= 0.5 and t.timings["decode"] >= 0
