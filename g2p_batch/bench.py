@@ -39,6 +39,7 @@ class BenchConfig:
     seed: int = 0
     cache_dir: str = "artifacts/bench"
     max_output_len: int = 32
+    artifacts: str | None = None   # prebuilt artifact set (e.g. CUDA modules cross-compiled elsewhere)
 
 
 def sample_words(data: str, n: int, seed: int, max_bytes: int = 64) -> list[Entry]:
@@ -95,10 +96,13 @@ def run_tvm(cfg, ckpt, rows, batches, steps):
     from .runtime import load_engine
 
     target = "cuda" if cfg.device == "cuda" else "llvm"
-    art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sorted({1, cfg.batch}),
-                                          max_input_bytes=64, max_output_len=cfg.max_output_len,
-                                          root=cfg.cache_dir))
-    eng = load_engine(art, device=cfg.device, threads=cfg.threads)
+    if cfg.artifacts:
+        eng = load_engine(cfg.artifacts, device=cfg.device, threads=cfg.threads, checkpoint=ckpt)
+    else:
+        art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sorted({1, cfg.batch}),
+                                              max_input_bytes=64, max_output_len=cfg.max_output_len,
+                                              root=cfg.cache_dir))
+        eng = load_engine(art, device=cfg.device, threads=cfg.threads)
     lens = sorted({b.input_len for b in eng.buckets})
 
     def run_batch(idx, B):
@@ -244,7 +248,8 @@ def table(result: dict) -> str:
             continue
 
         def f(key, fmt):
-            return format(r[key], fmt) if key in r else "-"
+            width = int(fmt.split(".")[0])
+            return format(r[key], fmt) if key in r else "-".rjust(width)
         lines.append(f"{name:<14}{f('words_per_s', '10.1f')}{f('vs_transformers', '11.2f')}{f('latency_ms', '9.2f')}"
                      f"{f('encode_s', '8.2f')}{f('decode_s', '8.2f')}{f('encode_gflops', '10.1f')}{f('decode_gflops', '10.1f')}")
     if "matmul_ceiling_gflops" in result:

@@ -194,13 +194,14 @@ def bench(
     latency_runs: Annotated[int, typer.Option()] = 20,
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
     cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
+    artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
 ):
     """Benchmark TVM against transformers and CTranslate2 in one run: table, JSON and PNG."""
     import os
     from . import bench as B
     cfg = B.BenchConfig(checkpoint=checkpoint, data=str(data), words=words, batch=batch, steps=steps or None,
                         threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
-                        device=device, latency_runs=latency_runs, cache_dir=cache_dir)
+                        device=device, latency_runs=latency_runs, cache_dir=cache_dir, artifacts=artifacts)
     try:
         result = B.run(cfg, progress=lambda m: typer.echo(m, err=True))
     except _domain_errors() as exc:

@@ -27,7 +27,6 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
         dump_ir.mkdir(parents=True, exist_ok=True)
         (dump_ir / f"b{B}_in{L}_out{T}.model.py").write_text(mod.script())
     if tkind == "gpu":
-        _register_cuda_compiler()
         with tgt:
             mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                           dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
@@ -40,14 +39,3 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
     return ["encode", "prefill", "step"]
 
-
-def _register_cuda_compiler() -> None:
-    """Have TVM compile CUDA kernels to a fatbin at build time (nvcc), instead of embedding
-    CUDA C that the GPU node would have to compile at load time with the full TVM compiler."""
-    import importlib.util
-    import os
-
-    import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
-
-    if importlib.util.find_spec("cuda") is None or os.environ.get("TVM_CUDA_COMPILE_MODE") is None:
-        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")

@@ -117,9 +117,13 @@ class TVMEngine:
 
 
 def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                check_files: bool = True) -> TVMEngine:
+                check_files: bool = True, checkpoint: str | None = None) -> TVMEngine:
     """Load every bucket of an artifact set; checks the files against the manifest and the host
-    CPU against the target's instruction set first, so a mismatch fails with a reason."""
+    CPU against the target's instruction set first, so a mismatch fails with a reason.
+
+    The compiled modules do not depend on the weights, only on the model's shape: with
+    `checkpoint`, weights come from that checkpoint (same shape required) instead of the set's
+    params file, e.g. to run CUDA modules cross-compiled elsewhere on a node's own weights."""
     import tvm
     from safetensors.numpy import load_file
 
@@ -129,10 +133,12 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from .shapes import T5Shape, param_specs
 
     set_threads(threads)
+    if device == "cuda":
+        _register_cuda_jit()
     path = Path(artifact_dir)
     manifest = read_manifest(path)
     if check_files:
-        verify_files(path, manifest)
+        verify_files(path, manifest, params=checkpoint is None)
     target = manifest["target"]
     if (targets.kind(target) == "gpu") != (device == "cuda"):
         raise ArtifactMismatch(f"artifacts in {path} are for {target['kind']}, not device {device!r}")
@@ -142,8 +148,17 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
                                f"compile them on (or for) this node with --target llvm")
     shape = T5Shape(**manifest["shape"])
     T = manifest["max_output_len"]
-    params = load_file(str(path / manifest["params"]["path"]))
     packed = manifest["kernel_target"] == "cpu"
+    if checkpoint is not None:
+        from .checkpoint import load as load_checkpoint
+        from .loader import build_params
+        cp = load_checkpoint(checkpoint)
+        if T5Shape.from_hf_config(cp.config) != shape:
+            raise ArtifactMismatch(f"checkpoint {checkpoint} has shape {T5Shape.from_hf_config(cp.config)}, "
+                                   f"the artifacts in {path} were compiled for {shape}")
+        params = build_params(cp.weights, shape, packed)
+    else:
+        params = load_file(str(path / manifest["params"]["path"]))
     compiled, specs, caches = {}, {}, {}
     for entry in manifest["buckets"]:
         b = Bucket(entry["batch"], entry["input_len"])
@@ -154,3 +169,15 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     engine = TVMEngine(compiled, params, specs, caches, T, device)
     engine.manifest = manifest
     return engine
+
+
+def _register_cuda_jit() -> None:
+    """This TVM wheel cross-compiles CUDA modules as CUDA C (it links no CUDA runtime), so the
+    GPU node compiles the kernels when it loads them: through NVRTC where cuda-bindings is
+    installed, else nvcc. TVM's callback for that lives in tvm.support.nvcc."""
+    import importlib.util
+
+    import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
+
+    if importlib.util.find_spec("cuda.bindings") is None:
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")

@@ -1,0 +1,55 @@
+"""CUDA artifacts on a real GPU: decoding must equal transformers row by row.
+
+Needs a CUDA device; skipped elsewhere. The modules are cross-compiled on a CPU machine
+(`G2P_CUDA_SET` names such a set, built by tests/test_cuda_build.py's recipe) so that this runs
+with a runtime-only TVM on the GPU node."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+pytestmark = pytest.mark.gpu
+
+if not tvm.cuda(0).exist:
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cuda_set():
+    path = os.environ.get("G2P_CUDA_SET")
+    if not path:
+        pytest.fail("set G2P_CUDA_SET to a folder holding checkpoint/ and artifacts/ (a CUDA artifact set)")
+    root = Path(path)
+    return root / "checkpoint", root / "artifacts"
+
+
+def test_cuda_matches_transformers(cuda_set, parity_entries):
+    from g2p_batch import verify
+    from g2p_batch.reference import Reference
+    from g2p_batch.runtime import load_engine
+
+    ck, art = cuda_set
+    engine = load_engine(art, device="cuda")
+    assert engine.device.device_type == tvm.cuda(0).device_type
+    rep = verify.run(engine, parity_entries, 8, reference=Reference(ck))
+    assert rep.rows == 500
+    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+
+
+def test_cuda_early_exit_and_truncation(cuda_set, parity_entries):
+    import numpy as np
+
+    from g2p_batch.runtime import load_engine
+    from g2p_batch.tokenizer import encode, pad_batch
+
+    ck, art = cuda_set
+    engine = load_engine(art, device="cuda")
+    ids = pad_batch([encode(e.lang, e.word) for e in parity_entries[:5]], 32, 8)
+    out = engine.decode(ids)
+    assert (out.lengths[5:] == 0).all(), "filler rows must not decode"
+    assert out.truncated[:5].all() == (out.lengths[:5] == engine.max_output_len).all()
+    assert np.isfinite(out.scores).all()
