@@ -177,7 +177,35 @@ def _register_cuda_jit() -> None:
     installed, else nvcc. TVM's callback for that lives in tvm.support.nvcc."""
     import importlib.util
 
+    import tvm
     import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
 
     if importlib.util.find_spec("cuda.bindings") is None:
         os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    if not tvm.cuda(0).exist:
+        _load_cuda_sidecar(Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so")
+
+
+def _load_cuda_sidecar(lib: Path) -> None:
+    """A runtime-only TVM (TVM_USE_RUNTIME_LIB=1, as on GPU nodes without the compiler) does not
+    load its CUDA device API by itself; it needs libcudart 13, which CUDA wheels ship."""
+    import ctypes
+    import glob
+    import sys
+
+    try:
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        return
+    except OSError:
+        pass
+    pats = [f"{p}/nvidia/**/libcudart.so.13*" for p in sys.path if p] + ["/usr/local/cuda*/lib*/libcudart.so.13*"]
+    for pat in pats:
+        for cand in sorted(glob.glob(pat, recursive=True)):
+            try:
+                ctypes.CDLL(cand, mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+    raise RuntimeError(f"could not load {lib}: libcudart.so.13 not found; install the CUDA 13 runtime "
+                       f"(e.g. the nvidia-cuda-runtime wheel) or add it to LD_LIBRARY_PATH")
