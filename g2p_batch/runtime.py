@@ -175,15 +175,30 @@ def _register_cuda_jit() -> None:
     """This TVM wheel cross-compiles CUDA modules as CUDA C (it links no CUDA runtime), so the
     GPU node compiles the kernels when it loads them: through NVRTC where cuda-bindings is
     installed, else nvcc. TVM's callback for that lives in tvm.support.nvcc."""
-    import importlib.util
-
     import tvm
-    import tvm.support.nvcc  # noqa: F401  registers tvm_callback_cuda_compile
+    import tvm_ffi
 
-    if importlib.util.find_spec("cuda.bindings") is None:
-        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     if not tvm.cuda(0).exist:
         _load_cuda_sidecar(Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so")
+
+    # tvm.support.nvcc's callback asks the compiler's Target API for the arch, which a
+    # runtime-only TVM lacks; the device itself knows it.
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code, *_):
+        import shutil
+        import subprocess
+        import tempfile
+
+        nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+        arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "")
+        with tempfile.TemporaryDirectory() as d:
+            src, out = Path(d) / "kernels.cu", Path(d) / "kernels.fatbin"
+            src.write_text(code)
+            proc = subprocess.run([nvcc, "--fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"nvcc failed on the CUDA kernels: {proc.stderr[-2000:]}")
+            return bytearray(out.read_bytes())
 
 
 def _load_cuda_sidecar(lib: Path) -> None:
