@@ -40,7 +40,7 @@ def test_cuda_matches_transformers(cuda_set, parity_entries):
 
     ck, art = cuda_set
     engine = load_engine(art, device="cuda")
-    assert engine.device.device_type == tvm.cuda(0).device_type
+    assert "cuda" in str(engine.device)
     rep = verify.run(engine, parity_entries, 8, reference=Reference(ck))
     assert rep.rows == 500
     assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
