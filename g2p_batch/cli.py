@@ -182,6 +182,60 @@ def verify(
 
 
 @app.command()
+def run(
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Parquet file, directory, glob or file:// s3:// gs:// URI")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="output directory (Parquet shards, _manifest.json, _report.json)")] = None,
+    word_column: Annotated[Optional[str], typer.Option(help="column holding the words")] = None,
+    lang_column: Annotated[Optional[str], typer.Option(help="column holding language codes")] = None,
+    lang: Annotated[Optional[str], typer.Option(help="one language code for every row (instead of --lang-column)")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="'default' (embedded), a local HF directory, or a hub id")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML job config (configs/*.yaml); flags override it")] = None,
+    target: Annotated[Optional[str], typer.Option(help="auto | llvm | cuda | mixed")] = None,
+    rows_per_shard: Annotated[Optional[int], typer.Option()] = None,
+    max_output_len: Annotated[Optional[int], typer.Option()] = None,
+    threads_per_actor: Annotated[Optional[int], typer.Option()] = None,
+    num_cpu_actors: Annotated[Optional[int], typer.Option()] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite/--resume", help="start over instead of skipping committed shards")] = None,
+    artifacts_dir: Annotated[Optional[str], typer.Option("--artifacts-dir")] = None,
+):
+    """Transcribe Parquet lexicons with Ray: one Parquet shard out per input shard, resumable."""
+    from .config import JobError, load_config
+    from .driver import run_job
+    overrides = dict(input=input, output=output, word_column=word_column, lang_column=lang_column, lang=lang,
+                     checkpoint=checkpoint, target=target, rows_per_shard=rows_per_shard,
+                     max_output_len=max_output_len, threads_per_actor=threads_per_actor,
+                     num_cpu_actors=num_cpu_actors, overwrite=overwrite, artifacts_dir=artifacts_dir)
+    if config is None and (input is None or output is None):
+        _fail(ValueError("pass --input and --output (or --config with both)"))
+    try:
+        report = run_job(load_config(config, **overrides))
+    except JobError as exc:
+        _fail(exc)
+    typer.echo(report.summary())
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="directory of <lang>.tsv(.gz) training files")] = Path("../shared/charsiug2p-data/data/train"),
+    out: Annotated[Path, typer.Option(help="checkpoint directory to write")] = Path("checkpoints/trained"),
+    arch: Annotated[str, typer.Option()] = "tiny_6_2",
+    epochs: Annotated[int, typer.Option()] = 8,
+    batch_size: Annotated[int, typer.Option()] = 1024,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the model is saved when it runs out")] = 60.0,
+    dev: Annotated[Optional[Path], typer.Option(help="dev split for a final loss / exact-match check")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+):
+    """Train a CharsiuG2P-style checkpoint (torch; GPU when present). See MODEL_CARD.md."""
+    from .train import train as run_training
+    summary = run_training(data=str(data), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                           max_minutes=max_minutes, dev=str(dev) if dev else None, init=str(init) if init else None,
+                           seed=seed, time_aware_schedule=True, argv=sys.argv)
+    typer.echo(json.dumps({k: summary[k] for k in ("steps", "epochs_done", "seconds", "final_loss")}))
+
+
+@app.command()
 def bench(
     data: Annotated[Path, typer.Option(help="test split directory to sample words from")] = Path("../shared/charsiug2p-data/data/test"),
     checkpoint: Annotated[Optional[str], typer.Option(help="default: a seeded tiny_8 checkpoint made in the cache dir")] = None,
