@@ -110,13 +110,13 @@ def run_tvm(cfg, ckpt, rows, batches, steps):
         return eng.decode(pad_batch([rows[i] for i in idx], L, B), max_steps=steps, early_exit=steps is None)
 
     run_batch(batches[0], cfg.batch)  # warm-up: first calls page in code and weights
-    eng.timings = {"encode": 0.0, "decode": 0.0}
+    eng.stage_seconds = {"encode": 0.0, "decode": 0.0}
     t = time.perf_counter()
     outs = [run_batch(idx, cfg.batch) for idx in batches]
     total = time.perf_counter() - t
     lat = [_timed(lambda: run_batch([0], 1)) for _ in range(cfg.latency_runs)]
     n_steps = sum(o.steps for o in outs)
-    return {"seconds": total, "encode_s": eng.timings["encode"], "decode_s": eng.timings["decode"],
+    return {"seconds": total, "encode_s": eng.stage_seconds["encode"], "decode_s": eng.stage_seconds["decode"],
             "latency_ms": 1000 * statistics.median(lat), "steps": n_steps}
 
 

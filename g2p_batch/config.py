@@ -47,7 +47,7 @@ class JobConfig:
     checkpoint: str = "default"
     target: str = "auto"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
-    input_buckets: list[int] = field(default_factory=lambda: [16, 32, 64])
+    input_buckets: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64])
     max_output_len: int = 64
     rows_per_shard: int = 50_000
     num_cpu_actors: int | None = None    # None: as many as the cluster's CPUs hold

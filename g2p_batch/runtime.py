@@ -47,7 +47,7 @@ class TVMEngine:
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
         self.max_output_len = max_output_len
         self.buckets = sorted(compiled)
-        self.timings = {"encode": 0.0, "decode": 0.0}  # seconds, summed over decode() calls
+        self.stage_seconds = {"encode": 0.0, "decode": 0.0}  # seconds, summed over decode() calls
         uploaded: dict[tuple, object] = {}
 
         def upload(name, arr):
@@ -87,7 +87,7 @@ class TVMEngine:
         ck, cv = cross[0], cross[1]
         dev.sync()
         t1 = time.perf_counter()
-        self.timings["encode"] += t1 - t0
+        self.stage_seconds["encode"] += t1 - t0
 
         tokens = np.zeros((B, T), np.int32)
         lengths = np.zeros(B, np.int32)
@@ -109,7 +109,7 @@ class TVMEngine:
             if early_exit and done.all():
                 break
             step_in = tvm.runtime.tensor(nxt, dev)
-        self.timings["decode"] += time.perf_counter() - t1
+        self.stage_seconds["decode"] += time.perf_counter() - t1
         real = ids[:, 0] != PAD
         truncated = real & ~done
         scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
