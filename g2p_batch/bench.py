@@ -70,6 +70,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _measure(run_batch, batches, single, runs: int, stages: dict | None = None) -> dict:
+    """One warm-up batch (first calls page in code and weights), the timed pass over every
+    batch, then the median of `runs` single-word calls. `stages` (an engine's cumulative
+    stage_seconds) is zeroed after the warm-up and read right after the timed pass."""
+    run_batch(batches[0])
+    if stages is not None:
+        stages.update({k: 0.0 for k in stages})
+    t = time.perf_counter()
+    for idx in batches:
+        run_batch(idx)
+    total = time.perf_counter() - t
+    out = {"seconds": total}
+    if stages is not None:
+        out.update({f"{k}_s": v for k, v in stages.items()})
+    lat = [_timed(single) for _ in range(runs)]
+    return {**out, "latency_ms": 1000 * statistics.median(lat)}
+
+
 def flops(s: T5Shape, in_len: int, steps: int) -> tuple[float, float]:
     """(encoder + cross-K/V prefill, decoder) FLOPs for one word: 2 per multiply-add."""
     D, I, F, H = s.d_model, s.inner, s.d_ff, s.heads
@@ -105,19 +123,11 @@ def run_tvm(cfg, ckpt, rows, batches, steps):
         eng = load_engine(art, device=cfg.device, threads=cfg.threads)
     lens = sorted({b.input_len for b in eng.buckets})
 
-    def run_batch(idx, B):
+    def run_batch(idx, B=cfg.batch):
         L = next(n for n in lens if n >= max(len(rows[i]) for i in idx))
         return eng.decode(pad_batch([rows[i] for i in idx], L, B), max_steps=steps, early_exit=steps is None)
 
-    run_batch(batches[0], cfg.batch)  # warm-up: first calls page in code and weights
-    eng.stage_seconds = {"encode": 0.0, "decode": 0.0}
-    t = time.perf_counter()
-    outs = [run_batch(idx, cfg.batch) for idx in batches]
-    total = time.perf_counter() - t
-    lat = [_timed(lambda: run_batch([0], 1)) for _ in range(cfg.latency_runs)]
-    n_steps = sum(o.steps for o in outs)
-    return {"seconds": total, "encode_s": eng.stage_seconds["encode"], "decode_s": eng.stage_seconds["decode"],
-            "latency_ms": 1000 * statistics.median(lat), "steps": n_steps}
+    return _measure(run_batch, batches, lambda: run_batch([0], 1), cfg.latency_runs, eng.stage_seconds)
 
 
 def run_transformers(cfg, ckpt, rows, batches, steps):
@@ -142,13 +152,7 @@ def run_transformers(cfg, ckpt, rows, batches, steps):
             torch.cuda.synchronize()
         return out
 
-    run_batch(batches[0])
-    t = time.perf_counter()
-    for idx in batches:
-        run_batch(idx)
-    total = time.perf_counter() - t
-    lat = [_timed(lambda: run_batch([0])) for _ in range(cfg.latency_runs)]
-    return {"seconds": total, "latency_ms": 1000 * statistics.median(lat)}
+    return _measure(run_batch, batches, lambda: run_batch([0]), cfg.latency_runs)
 
 
 def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
@@ -177,13 +181,7 @@ def run_ct2(cfg, ckpt, rows, batches, steps, compute_type):
     def run_batch(idx):
         return tr.translate_batch([src[i] for i in idx], beam_size=1, max_batch_size=len(idx), **kw)
 
-    run_batch(batches[0])
-    t = time.perf_counter()
-    for idx in batches:
-        run_batch(idx)
-    total = time.perf_counter() - t
-    lat = [_timed(lambda: run_batch([0])) for _ in range(cfg.latency_runs)]
-    return {"seconds": total, "latency_ms": 1000 * statistics.median(lat)}
+    return _measure(run_batch, batches, lambda: run_batch([0]), cfg.latency_runs)
 
 
 # --------------------------------------------------------------------------- driver

@@ -209,15 +209,16 @@ def embed(n: int, V: int, D: int, tgt: KernelTarget):
 
 
 def _softmax_rows(score, shape, reduce_extent, name):
-    """exp(score - max) and its sum over the last axis, as separate named stages; `score(*ix)`
-    adds bias and mask to the raw products, so they are read where they are used."""
+    """softmax over the last axis as named stages (max, exp, sum, then `name` = exp / sum, one
+    division per score as torch does, not one per score and output column); `score(*ix)` adds
+    bias and mask to the raw products, so they are read where they are used."""
     *lead, _ = shape
     t = te.reduce_axis((0, reduce_extent), name=f"{name}_t")
     m = te.compute(tuple(lead), lambda *ix: te.max(score(*ix, t), axis=t), name=f"{name}_max")
     e = te.compute(shape, lambda *ix: tirx.exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
     t2 = te.reduce_axis((0, reduce_extent), name=f"{name}_t2")
     z = te.compute(tuple(lead), lambda *ix: te.sum(e[(*ix, t2)], axis=t2), name=f"{name}_sum")
-    return e, z
+    return te.compute(shape, lambda *ix: e[ix] / z[ix[:-1]], name=name)
 
 
 def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
@@ -233,14 +234,14 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     d = te.reduce_axis((0, dk), name="d")
     s = te.compute((B, H, L, L), lambda b, h, i, j: te.sum(qkv[b * L + i, h * dk + d] * kt[b, h, d, j], axis=d),
                    name="s")
-    e, z = _softmax_rows(lambda b, h, i, j: s[b, h, i, j] + bias[h, i, j] + mask[b, j], (B, H, L, L), L, "sm")
+    p = _softmax_rows(lambda b, h, i, j: s[b, h, i, j] + bias[h, i, j] + mask[b, j], (B, H, L, L), L, "sm")
     j = te.reduce_axis((0, L), name="j")
     o = te.compute(
         (B * L, inner),
-        lambda r, c: te.sum(e[r // L, c // dk, r % L, j] / z[r // L, c // dk, r % L]
+        lambda r, c: te.sum(p[r // L, c // dk, r % L, j]
                             * qkv[(r // L) * L + j, 2 * inner + c], axis=j),
         name="o")
-    sched = _sched_attention(vec=8, names=("kt", "s", "sm_max", "sm_exp", "sm_sum", "o")) if tgt.kind == "cpu" else None
+    sched = _sched_attention(vec=8, names=("kt", "s", "sm_max", "sm_exp", "sm_sum", "sm", "o")) if tgt.kind == "cpu" else None
     return _finish([qkv, bias, mask, o], sched)
 
 
@@ -261,7 +262,10 @@ def _sched_attention(vec, names):
             sch.reorder(*spatial[:-1], lo, *reduce_, li)
             sch.parallel(sch.fuse(*spatial[:-1], lo) if spatial[:-1] else lo)
             if reduce_:
-                continue  # TODO(perf): vectorise reductions through a local accumulator
+                if v > 1:  # accumulate 8 outputs at once: vector FMA over the unit-stride loop
+                    sch.vectorize(li)
+                    sch.decompose_reduction(blk, reduce_[0])
+                continue
             elif v > 1:
                 sch.vectorize(li)
     return sched
@@ -308,13 +312,13 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
     s = te.compute((B, H, T), lambda b, h, t: te.sum(q[b, h * dk + d] * kc[layer, b, h, d, t], axis=d), name="s")
     if cross:
         add = te.placeholder((B, T), "float32", name="mask")
-        e, z = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, T), T, "sm")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, T), T, "sm")
     else:
         add = te.placeholder((H, T), "float32", name="bias")
-        e, z = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, T), T, "sm")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, T), T, "sm")
     t = te.reduce_axis((0, T), name="t")
-    o = te.compute((B, H * dk), lambda b, c: te.sum(e[b, c // dk, t] / z[b, c // dk] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
-    sched = _sched_attention(vec=8, names=("s", "sm_max", "sm_exp", "sm_sum", "o")) if tgt.kind == "cpu" else None
+    o = te.compute((B, H * dk), lambda b, c: te.sum(p[b, c // dk, t] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
+    sched = _sched_attention(vec=8, names=("s", "sm_max", "sm_exp", "sm_sum", "sm", "o")) if tgt.kind == "cpu" else None
     return _finish([q, kc, vc, add, o], sched)
 
 

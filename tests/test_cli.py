@@ -1,0 +1,79 @@
+"""The CLI end to end on a micro checkpoint: make-checkpoint, compile, transcribe, verify, and
+library errors turned into one red line with exit code 1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from typer.testing import CliRunner
+
+from g2p_batch.cli import app
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    res = runner.invoke(app, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def test_make_compile_transcribe_verify(tmp_path, data_dir):
+    ck, art = tmp_path / "ck", tmp_path / "art"
+    code, out = _invoke("make-checkpoint", "--arch", "micro", "--seed", "1", ck)
+    assert code == 0 and (ck / "config.json").exists()
+    common = ["--checkpoint", ck, "--max-input-bytes", "32", "--max-output-len", "8", "--artifacts-dir", art]
+    code, out = _invoke("compile", *common, "--batch-sizes", "1,8", "--input-buckets", "16,32")
+    assert code == 0, out
+    manifest = json.loads(next(art.rglob("manifest.json")).read_text())
+    assert [(b["batch"], b["input_len"]) for b in manifest["buckets"]] == [(1, 16), (1, 32), (8, 16), (8, 32)]
+    assert manifest["checkpoint"]["config"]["num_layers"] == 2 and manifest["prompt"]["space_after_colon"] is False
+    assert manifest["target"]["mcpu"] and manifest["target"]["mtriple"]
+
+    code, out = _invoke("transcribe", *common, "--batch-sizes", "1,8", "--lang", "eng-us", "cat", "x" * 40)
+    assert code == 0, out
+    cat = next(line for line in out.splitlines() if "cat\t" in line)
+    assert cat.split("cat\t", 1)[1].strip()  # some transcription (random weights: any bytes)
+    long = next(line for line in out.splitlines() if "x" * 40 in line)
+    assert "[error:" in long and "32" in long  # too long for the compiled input, named
+
+    tsv = tmp_path / "eng-us.tsv"
+    tsv.write_text("".join(line + "\n" for line in (data_dir / "data/test/eng-us.tsv").read_text().splitlines()[:12]))
+    code, out = _invoke("verify", *common, "--data", tsv, "--batch-size", "8")
+    assert code == 0, out
+    assert "mismatching rows: 0" in out and "PER" in out
+
+
+def test_artifact_mismatch_is_a_clean_error(tmp_path):
+    ck, art = tmp_path / "ck", tmp_path / "art"
+    _invoke("make-checkpoint", "--arch", "micro", ck)
+    base = ["compile", "--checkpoint", ck, "--batch-sizes", "1", "--max-input-bytes", "16", "--artifacts-dir", art]
+    assert _invoke(*base, "--max-output-len", "8")[0] == 0
+    code, out = _invoke(*base, "--max-output-len", "12")
+    assert code == 1
+    assert "max_output_len: requested 12, artifacts have 8" in out and "remove" in out
+
+
+def test_run_needs_input_and_output():
+    code, out = _invoke("run")
+    assert code == 1 and "--input and --output" in out
+
+
+def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):
+    """Ray actors import the runtime only: it must work with torch and transformers absent."""
+    _, art = make_set(arch="micro", T=8, batch_sizes=(1,), buckets=(32,))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None          # any import of them now fails
+        sys.modules["transformers"] = None
+        from g2p_batch.runtime import load_engine
+        from g2p_batch.tokenizer import encode, pad_batch
+        eng = load_engine({str(art)!r})
+        out = eng.decode(pad_batch([encode("eng-us", "cat")], 32, 1))
+        assert out.tokens.shape == (1, 8)
+        print("ok")
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
