@@ -269,8 +269,67 @@ def plot(result: dict, path: Path) -> None:
     for y, v in enumerate(vals):
         ax.text(v, y, f" {v:.0f}", va="center")
     cfg = result["config"]
+    ax.set_xlim(0, max(vals) * 1.15)
     ax.set_xlabel("words/s (higher is better)")
     ax.set_title(f"g2p-batch bench: {result['words']} words, batch {cfg['batch']}, {cfg['threads']} threads, {cfg['device']}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------- Ray scaling
+
+
+def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
+    """The whole Parquet job on 1 and on `actors` CPU actors of one thread each, against the
+    single-process runtime on one thread, on the same words. Steady-state throughput counts
+    rows over the time after setup (plan, Ray start, artifacts, actor start-up); the driver's
+    share is its own work over the job's wall time."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from . import checkpoint as ckpt_mod
+    from .artifacts import CompileRequest, ensure_artifacts
+    from .config import JobConfig
+    from .driver import run_job
+    from .runtime import load_engine
+    from .transcriber import Transcriber
+
+    ckpt = cfg.checkpoint or str(Path(cfg.cache_dir) / "tiny_8_seed0")
+    if cfg.checkpoint is None and not (Path(ckpt) / "config.json").exists():
+        ckpt_mod.make("tiny_8", 0, ckpt)
+    entries = sample_words(cfg.data, cfg.words, cfg.seed)
+    T = cfg.steps or cfg.max_output_len  # random weights: every row runs to T, like forced steps
+    tmp = Path(tempfile.mkdtemp(prefix="g2p-ray-bench-"))
+    src = tmp / "words.parquet"
+    per_group = max(1, len(entries) // (4 * actors))
+    pq.write_table(pa.table({"lang": [e.lang for e in entries], "word": [e.word for e in entries]}), src,
+                   row_group_size=per_group)
+    req = CompileRequest(checkpoint=ckpt, target="llvm", batch_sizes=[1, 8, 32, cfg.batch], max_output_len=T,
+                         root=cfg.cache_dir)
+    art = ensure_artifacts(req)
+    os.environ["TVM_NUM_THREADS"] = "1"
+    eng = load_engine(art, threads=1)
+    tr = Transcriber(eng, PromptFormat(), None)
+    tr.transcribe([e.lang for e in entries[:cfg.batch]], [e.word for e in entries[:cfg.batch]])  # warm-up
+    t = time.perf_counter()
+    tr.transcribe([e.lang for e in entries], [e.word for e in entries])
+    single = len(entries) / (time.perf_counter() - t)
+    progress(f"single process, 1 thread: {single:.1f} words/s")
+    out = {"words": len(entries), "single_process_words_per_s": single, "runs": {}}
+    for n in sorted({1, actors}):
+        job = JobConfig(input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt,
+                        target="llvm", batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}), max_output_len=T, rows_per_shard=per_group,
+                        num_cpu_actors=n, threads_per_actor=1, artifacts_dir=cfg.cache_dir, overwrite=True,
+                        progress=False)
+        rep = run_job(job)
+        steady = len(entries) / max(rep.wall_s - rep.setup_s, 1e-9)
+        out["runs"][n] = {"wall_s": rep.wall_s, "setup_s": rep.setup_s, "steady_words_per_s": steady,
+                          "driver_share": rep.driver_share, "actors": rep.actors}
+        progress(f"{n} actor(s): {steady:.1f} words/s after setup, driver share {100 * rep.driver_share:.2f}%")
+    one, many = out["runs"][1]["steady_words_per_s"], out["runs"][actors]["steady_words_per_s"]
+    out["scaling_efficiency"] = many / (actors * one)
+    out["efficiency_vs_single_process"] = many / (actors * single)
+    return out

@@ -249,6 +249,8 @@ def bench(
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
     cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
+    ray: Annotated[bool, typer.Option("--ray", help="instead: the Parquet job on 1 and --actors actors (1 thread each)")] = False,
+    actors: Annotated[int, typer.Option(help="actors for --ray")] = 2,
 ):
     """Benchmark TVM against transformers and CTranslate2 in one run: table, JSON and PNG."""
     import os
@@ -256,11 +258,18 @@ def bench(
     cfg = B.BenchConfig(checkpoint=checkpoint, data=str(data), words=words, batch=batch, steps=steps or None,
                         threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
                         device=device, latency_runs=latency_runs, cache_dir=cache_dir, artifacts=artifacts)
+    out.mkdir(parents=True, exist_ok=True)
+    if ray:
+        res = B.ray_scaling(cfg, actors, progress=lambda m: typer.echo(m, err=True))
+        (out / "bench-ray.json").write_text(json.dumps(res, indent=2))
+        typer.echo(f"scaling 1 -> {actors} actors: {100 * res['scaling_efficiency']:.1f}% "
+                   f"(vs {actors} x the single-process runtime: {100 * res['efficiency_vs_single_process']:.1f}%); "
+                   f"driver share {100 * res['runs'][actors]['driver_share']:.2f}% of wall time")
+        return
     try:
         result = B.run(cfg, progress=lambda m: typer.echo(m, err=True))
     except _domain_errors() as exc:
         _fail(exc)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     B.plot(result, out / "bench.png")
     typer.echo(B.table(result))
