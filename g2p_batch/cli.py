@@ -262,8 +262,9 @@ def bench(
     if ray:
         res = B.ray_scaling(cfg, actors, progress=lambda m: typer.echo(m, err=True))
         (out / "bench-ray.json").write_text(json.dumps(res, indent=2))
-        typer.echo(f"scaling 1 -> {actors} actors: {100 * res['scaling_efficiency']:.1f}% "
+        typer.echo(f"steady-state scaling 1 -> {actors} actors: {100 * res['scaling_efficiency']:.1f}% "
                    f"(vs {actors} x the single-process runtime: {100 * res['efficiency_vs_single_process']:.1f}%); "
+                   f"end to end after setup: {100 * res['end_to_end_scaling']:.1f}%; "
                    f"driver share {100 * res['runs'][actors]['driver_share']:.2f}% of wall time")
         return
     try:
