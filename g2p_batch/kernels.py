@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm import s_tir
 
-from .shapes import NEG_INF, PACK  # noqa: F401  (re-exported for the kernels below)
+from .shapes import PACK
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,8 @@ def _k_divisible(sch, blk, f):
     return int(sch.get(k).extent) % f == 0
 
 
-def dense(M: int, K: int, N: int, tgt: KernelTarget, residual: bool = False, gated: bool = False):
-    """y = x @ W^T (+ r) or, gated, gelu_new(x @ W0^T) * (x @ W1^T) with W = [W0; W1] (N = 2*d_ff).
-
-    Returns (prim_func, out_cols)."""
+def dense(M: int, K: int, N: int, tgt: KernelTarget, residual: bool = False):
+    """y = x @ W^T, plus the residual r when `residual` (T5 has no dense biases)."""
     x = te.placeholder((M, K), "float32", name="x")
     wshape = (N // PACK, K, PACK) if tgt.packed else (N, K)
     w = te.placeholder(wshape, "float32", name="w")
@@ -102,8 +100,7 @@ def dense(M: int, K: int, N: int, tgt: KernelTarget, residual: bool = False, gat
     if tgt.kind == "cpu":
         def sched(sch):
             _schedule_dense(sch, M, "residual" if residual else None)
-    func = _finish(tensors, sched)
-    return func, N
+    return _finish(tensors, sched)
 
 
 def _gate(shape, a, b, act: str):

@@ -41,7 +41,7 @@ class _Builder:
     def dense(self, x, w, M, Kd, N, residual=None):
         key = f"dense_{M}x{Kd}x{N}" + ("_res" if residual is not None else "")
         args = [x, w] + ([residual] if residual is not None else [])
-        return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None)[0], args, (M, N))
+        return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None), args, (M, N))
 
     def rms(self, x, w, M, D, eps, scale=1.0):
         key = f"rms_{M}x{D}" + ("_scaled" if scale != 1.0 else "")

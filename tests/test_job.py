@@ -12,18 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import ray
 
-from g2p_batch.config import ConfigError, JobConfig
+from g2p_batch.config import ConfigError
 from g2p_batch.driver import JobFailed, run_job
 from g2p_batch.planner import InputError
-from g2p_batch.tokenizer import decode, encode_text
 from g2p_batch.writer import MANIFEST, REPORT
 from tests.fakes import prepare_fake_engine
-from tests.lexicons import LONG, MAX_OUT, TOO_LONG, check_output, job_config, job_inputs
+from tests.lexicons import MAX_OUT, TOO_LONG, check_output, job_config, job_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
