@@ -8,7 +8,8 @@ from pathlib import Path
 
 from . import kernels as K
 from . import targets
-from .model import T5Shape, build_module
+from .model import build_module
+from .shapes import T5Shape, step_function_name, step_windows
 
 log = logging.getLogger("g2p_batch.compile")
 
@@ -37,5 +38,5 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
     ex.export_library(str(tmp))
     tmp.replace(out_path)
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
-    return ["encode", "prefill", "step"]
+    return ["encode", "prefill"] + [step_function_name(T, w) for w in step_windows(T)]
 

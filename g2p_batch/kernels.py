@@ -296,24 +296,26 @@ def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTa
 
 
 def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols: int, tgt: KernelTarget,
-                   cross: bool):
+                   cross: bool, window: int | None = None):
     """One query row per sequence against a cache [Ld, B, H, dk, T] / [Ld, B, H, T, dk].
 
-    Self-attention adds the causal relative-bias row [H, T] for the current position (future
-    positions hold -inf-like values, so the not-yet-written cache slots get zero weight);
-    cross-attention adds the encoder padding mask [B, T]."""
+    Self-attention adds the causal relative-bias row for the current position (future
+    positions hold -inf-like values, so the not-yet-written cache slots get zero weight) and
+    reads only the first `window` slots (the whole cache by default); cross-attention adds the
+    encoder padding mask [B, T]."""
+    W = window or T
     q = te.placeholder((B, q_cols), "float32", name="q")
     kc = te.placeholder((Ld, B, H, dk, T), "float32", name="kc")
     vc = te.placeholder((Ld, B, H, T, dk), "float32", name="vc")
     d = te.reduce_axis((0, dk), name="d")
-    s = te.compute((B, H, T), lambda b, h, t: te.sum(q[b, h * dk + d] * kc[layer, b, h, d, t], axis=d), name="s")
+    s = te.compute((B, H, W), lambda b, h, t: te.sum(q[b, h * dk + d] * kc[layer, b, h, d, t], axis=d), name="s")
     if cross:
-        add = te.placeholder((B, T), "float32", name="mask")
-        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, T), T, "sm")
+        add = te.placeholder((B, W), "float32", name="mask")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, W), W, "sm")
     else:
-        add = te.placeholder((H, T), "float32", name="bias")
-        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, T), T, "sm")
-    t = te.reduce_axis((0, T), name="t")
+        add = te.placeholder((H, W), "float32", name="bias")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, W), W, "sm")
+    t = te.reduce_axis((0, W), name="t")
     o = te.compute((B, H * dk), lambda b, c: te.sum(p[b, c // dk, t] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
     sched = _sched_attention(vec=8, names=("s", "sm_max", "sm_exp", "sm_sum", "sm", "o")) if tgt.kind == "cpu" else None
     return _finish([q, kc, vc, add, o], sched)
@@ -350,9 +352,11 @@ def split_cross_kv(Ld: int, B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     return _finish([kv, k, v], sched)
 
 
-def bias_row(H: int, T: int, tgt: KernelTarget):
-    """The decoder's relative-bias + causal-mask row [H, T] for the position in pos[0]."""
+def bias_row(H: int, T: int, tgt: KernelTarget, window: int | None = None):
+    """The decoder's relative-bias + causal-mask row for the position in pos[0], cut to the
+    first `window` key positions: [H, window]."""
+    W = window or T
     table = te.placeholder((H, T, T), "float32", name="table")
     pos = te.placeholder((1,), "int32", name="pos")
-    row = te.compute((H, T), lambda h, t: table[h, pos[0], t], name="row")
+    row = te.compute((H, W), lambda h, t: table[h, pos[0], t], name="row")
     return _finish([table, pos, row], None)

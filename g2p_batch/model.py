@@ -16,7 +16,7 @@ from __future__ import annotations
 from tvm import relax
 
 from . import kernels as K
-from .shapes import T5Shape, param_specs
+from .shapes import T5Shape, param_specs, step_function_name, step_windows
 
 
 class _Builder:
@@ -98,37 +98,42 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
             out = bb.emit_output(relax.Tuple([ck, cv]))
         bb.emit_func_output(out)
 
+    for window in step_windows(T):
+        _emit_step(bb, kb, s, specs["step"], B, L, T, window, tgt)
+    return bb.get(), specs
+
+
+def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.KernelTarget) -> None:
+    D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
     tokens = relax.Var("tokens", relax.TensorType((B,), "int32"))
     pos = relax.Var("pos", relax.TensorType((1,), "int32"))
     kc = relax.Var("k_cache", relax.TensorType((Ld, B, H, dk, T), "float32"))
     vc = relax.Var("v_cache", relax.TensorType((Ld, B, H, T, dk), "float32"))
     ck = relax.Var("cross_k", relax.TensorType((Ld, B, H, dk, L), "float32"))
     cv = relax.Var("cross_v", relax.TensorType((Ld, B, H, L, dk), "float32"))
-    mask2 = relax.Var("mask", relax.TensorType((B, L), "float32"))
-    p = _params(specs["step"])
-    with bb.function("step", [tokens, pos, kc, vc, ck, cv, mask2] + p):
+    mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
+    p = _params(spec)
+    with bb.function(step_function_name(T, W), [tokens, pos, kc, vc, ck, cv, mask] + p):
         with bb.dataflow():
-            P = dict(zip((n for n, _ in specs["step"]), p))
+            P = dict(zip((n for n, _ in spec), p))
             x = kb.call(f"embed_{B}", lambda: K.embed(B, s.vocab, D, tgt), [tokens, P["shared"]], (B, D))
-            row = kb.call(f"bias_row_{T}", lambda: K.bias_row(H, T, tgt), [P["dec_bias"], pos], (H, T))
+            row = kb.call(f"bias_row_{T}_w{W}", lambda: K.bias_row(H, T, tgt, W), [P["dec_bias"], pos], (H, W))
             k_now, v_now = kc, vc
             for i in range(Ld):
                 h = kb.rms(x, P[f"dec{i}.ln_self"], B, D, s.eps)
                 qkv = kb.dense(h, P[f"dec{i}.qkv"], B, D, 3 * I)
                 gv = kb.kernel(f"kv_write_{B}x{T}_l{i}", lambda i=i: K.kv_write(Ld, B, H, dk, T, i, tgt))
-                kv = bb.emit(relax.call_tir_inplace(
-                    gv, [k_now, v_now, qkv, pos], [0, 1],
-                    [k_now.ty, v_now.ty]))
+                kv = bb.emit(relax.call_tir_inplace(gv, [k_now, v_now, qkv, pos], [0, 1], [k_now.ty, v_now.ty]))
                 k_now, v_now = bb.emit(relax.TupleGetItem(kv, 0)), bb.emit(relax.TupleGetItem(kv, 1))
-                a = kb.call(f"self_attn_{B}x{T}_l{i}",
-                            lambda i=i: K.step_attention(Ld, B, H, dk, T, i, 3 * I, tgt, cross=False),
+                a = kb.call(f"self_attn_{B}x{T}_w{W}_l{i}",
+                            lambda i=i: K.step_attention(Ld, B, H, dk, T, i, 3 * I, tgt, cross=False, window=W),
                             [qkv, k_now, v_now, row], (B, I))
                 x = kb.dense(a, P[f"dec{i}.o"], B, I, D, residual=x)
                 h = kb.rms(x, P[f"dec{i}.ln_cross"], B, D, s.eps)
                 q = kb.dense(h, P[f"dec{i}.q_cross"], B, D, I)
                 a = kb.call(f"cross_attn_{B}x{L}_l{i}",
                             lambda i=i: K.step_attention(Ld, B, H, dk, L, i, I, tgt, cross=True),
-                            [q, ck, cv, mask2], (B, I))
+                            [q, ck, cv, mask], (B, I))
                 x = kb.dense(a, P[f"dec{i}.o_cross"], B, I, D, residual=x)
                 h = kb.rms(x, P[f"dec{i}.ln_ff"], B, D, s.eps)
                 x = kb.ff(s, (h, x), P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
@@ -139,4 +144,3 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
                                 [((B,), "int32"), ((B,), "float32")])
             out = bb.emit_output(relax.Tuple([nxt, logp, k_now, v_now]))
         bb.emit_func_output(out)
-    return bb.get(), specs

@@ -35,11 +35,12 @@ class _BucketVM:
     k_cache: object
     v_cache: object
     pos: list   # device tensors holding 0..T-1, made once
+    window: int = 0  # a `step_w{window}` function exists: use it while pos < window
 
 
 class TVMEngine:
     def __init__(self, compiled: dict[Bucket, object], params: dict[str, np.ndarray], specs_by_bucket: dict,
-                 cache_shapes: dict, max_output_len: int, device: str = "cpu"):
+                 cache_shapes: dict, max_output_len: int, device: str = "cpu", windows: dict | None = None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
@@ -67,7 +68,8 @@ class TVMEngine:
                 bucket=b, vm=vm, args=args,
                 k_cache=tvm.runtime.tensor(np.zeros(kshape, np.float32), self.device),
                 v_cache=tvm.runtime.tensor(np.zeros(vshape, np.float32), self.device),
-                pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)])
+                pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)],
+                window=(windows or {}).get(b, 0))
 
     def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True) -> DecodeOutput:
         """Greedy decode of one compiled-shape batch. `max_steps` (<= max_output_len) and
@@ -95,8 +97,11 @@ class TVMEngine:
         done = ids[:, 0] == PAD  # filler rows of a partly used batch never hold the loop open
         step_in = tvm.runtime.tensor(np.zeros(B, np.int32), dev)  # decoder_start_token_id = 0
         steps = 0
+        step_full = bv.vm["step"]
+        step_short = bv.vm[f"step_w{bv.window}"] if bv.window else step_full
         for t in range(T):
-            out = bv.vm["step"](step_in, bv.pos[t], bv.k_cache, bv.v_cache, ck, cv, mask, *bv.args["step"])
+            step = step_short if t < bv.window else step_full
+            out = step(step_in, bv.pos[t], bv.k_cache, bv.v_cache, ck, cv, mask, *bv.args["step"])
             nxt = out[0].numpy()
             logp = out[1].numpy()
             steps += 1
@@ -159,14 +164,16 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
         params = build_params(cp.weights, shape, packed)
     else:
         params = load_file(str(path / manifest["params"]["path"]))
-    compiled, specs, caches = {}, {}, {}
+    compiled, specs, caches, windows = {}, {}, {}, {}
     for entry in manifest["buckets"]:
         b = Bucket(entry["batch"], entry["input_len"])
+        windows[b] = max((int(f[len("step_w"):]) for f in entry.get("functions", []) if f.startswith("step_w")),
+                         default=0)
         compiled[b] = tvm.runtime.load_module(str(path / entry["path"]))
         specs[b] = (param_specs(shape, packed, b.input_len, T), bucket_params(params, shape, b.input_len, T))
         Ld, H, dk = shape.dec_layers, shape.heads, shape.d_kv
         caches[b] = ((Ld, b.batch, H, dk, T), (Ld, b.batch, H, T, dk))
-    engine = TVMEngine(compiled, params, specs, caches, T, device)
+    engine = TVMEngine(compiled, params, specs, caches, T, device, windows)
     engine.manifest = manifest
     return engine
 
