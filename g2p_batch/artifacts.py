@@ -109,13 +109,11 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
 
     req = req or CompileRequest(**fields)
     target = targets_mod.resolve(req.target)
-    name, _ = ckpt.resolve(req.checkpoint)
-    out = Path(req.root) / name / targets_mod.short_name(target)
+    cp = ckpt.load(req.checkpoint)  # identity only; weights are read if params must be built
+    out = Path(req.root) / cp.name / targets_mod.short_name(target)
     manifest_path = out / "manifest.json"
     buckets = req.buckets()
     T = req.max_output_len
-
-    cp = ckpt.load(req.checkpoint)
     identity = cp.identity()
     shape = T5Shape.from_hf_config(cp.config)
     if manifest_path.exists():
@@ -147,8 +145,8 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
             "params": {"path": params_path.name, "sha256": sha256_file(params_path)},
             "languages": _languages(), "buckets": [],
         }
-    log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), name, target, out)
-    bar = _bar(len(todo), f"compile {name} ({targets_mod.short_name(target)})", progress)
+    log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
+    bar = _bar(len(todo), f"compile {cp.name} ({targets_mod.short_name(target)})", progress)
     for b in todo:
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()

@@ -101,6 +101,19 @@ def flops(s: T5Shape, in_len: int, steps: int) -> tuple[float, float]:
     return enc, dec
 
 
+def bench_checkpoint(cfg: BenchConfig) -> str:
+    """The checkpoint's local directory: the given one, or the seeded tiny_8 of the issue's
+    workload, made once in the cache dir."""
+    from . import checkpoint as ckpt_mod
+
+    if cfg.checkpoint is not None:
+        return str(ckpt_mod.resolve(cfg.checkpoint)[1])
+    path = Path(cfg.cache_dir) / "tiny_8_seed0"
+    if not (path / "config.json").exists():
+        ckpt_mod.make("tiny_8", 0, path)
+    return str(path)
+
+
 def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     return [order[i:i + batch] for i in range(0, len(order), batch)]
@@ -188,14 +201,8 @@ def run_ct2(cfg, ckpt, rows, batches, steps, compute_type):
 
 
 def run(cfg: BenchConfig, progress=print) -> dict:
-    from . import checkpoint as ckpt_mod
 
-    ckpt = cfg.checkpoint
-    if ckpt is None:
-        ckpt = str(Path(cfg.cache_dir) / "tiny_8_seed0")
-        if not (Path(ckpt) / "config.json").exists():
-            ckpt_mod.make("tiny_8", 0, ckpt)
-    ckpt_path = str(ckpt_mod.resolve(ckpt)[1])
+    ckpt_path = bench_checkpoint(cfg)
     shape = T5Shape.from_hf_config(json.loads((Path(ckpt_path) / "config.json").read_text()))
     entries = sample_words(cfg.data, cfg.words, cfg.seed)
     rows = [encode(e.lang, e.word) for e in entries]
@@ -293,16 +300,13 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from . import checkpoint as ckpt_mod
     from .artifacts import CompileRequest, ensure_artifacts
     from .config import JobConfig
     from .driver import run_job
     from .runtime import load_engine
     from .transcriber import Transcriber
 
-    ckpt = cfg.checkpoint or str(Path(cfg.cache_dir) / "tiny_8_seed0")
-    if cfg.checkpoint is None and not (Path(ckpt) / "config.json").exists():
-        ckpt_mod.make("tiny_8", 0, ckpt)
+    ckpt = bench_checkpoint(cfg)
     entries = sample_words(cfg.data, cfg.words, cfg.seed)
     T = cfg.steps or cfg.max_output_len  # random weights: every row runs to T, like forced steps
     tmp = Path(tempfile.mkdtemp(prefix="g2p-ray-bench-"))

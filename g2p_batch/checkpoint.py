@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,25 @@ class Checkpoint:
     name: str                      # short name, used for the artifact folder
     path: Path                     # local directory holding config.json and the weights
     config: dict
-    weights: dict[str, np.ndarray]
-    sha256: str                    # of the weight files' bytes, in name order
+    files: list[Path]              # the weight files, in name order
+    sha256: str                    # of their bytes, in that order
+
+    @cached_property
+    def weights(self) -> dict[str, np.ndarray]:
+        """All tensors as float32, read on first use: a cached artifact set only needs the
+        identity (config + sha256), not the decoded weights."""
+        weights: dict[str, np.ndarray] = {}
+        for f in self.files:
+            if f.suffix == ".safetensors":
+                from safetensors.numpy import load_file
+                try:
+                    part = load_file(str(f))
+                except TypeError:  # bf16 has no numpy dtype: go through torch
+                    part = _load_torch_file(f, safetensors=True)
+            else:
+                part = _load_torch_file(f, safetensors=False)
+            weights.update({k: np.asarray(v, dtype=np.float32) for k, v in part.items()})
+        return weights
 
     def identity(self) -> dict:
         keep = ("vocab_size", "d_model", "d_kv", "num_heads", "d_ff", "num_layers", "num_decoder_layers",
@@ -79,21 +97,11 @@ def load(ref: str | os.PathLike) -> Checkpoint:
     if not files:
         raise CheckpointError(f"{path} holds no model.safetensors or pytorch_model.bin")
     digest = hashlib.sha256()
-    weights: dict[str, np.ndarray] = {}
     for f in files:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-        if f.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-            try:
-                part = load_file(str(f))
-            except TypeError:  # bf16 has no numpy dtype: go through torch
-                part = _load_torch_file(f, safetensors=True)
-        else:
-            part = _load_torch_file(f, safetensors=False)
-        weights.update({k: np.asarray(v, dtype=np.float32) for k, v in part.items()})
-    return Checkpoint(name=name, path=path, config=config, weights=weights, sha256=digest.hexdigest())
+    return Checkpoint(name=name, path=path, config=config, files=files, sha256=digest.hexdigest())
 
 
 def _load_torch_file(f: Path, safetensors: bool) -> dict:

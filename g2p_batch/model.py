@@ -47,15 +47,16 @@ class _Builder:
         key = f"rms_{M}x{D}" + ("_scaled" if scale != 1.0 else "")
         return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (M, D))
 
-    def ff(self, s: T5Shape, x, wi, wo, M):
+    def ff(self, s: T5Shape, h, residual, wi, wo, M):
+        """residual + wo(act(wi(h))), T5's feed-forward sublayer after its norm."""
         F = s.d_ff
         if s.gated:
-            hid = self.dense(x[0], wi, M, s.d_model, 2 * F)
+            hid = self.dense(h, wi, M, s.d_model, 2 * F)
             act = self.call(f"gated_{s.act}_{M}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (M, F))
         else:
-            hid = self.dense(x[0], wi, M, s.d_model, F)
+            hid = self.dense(h, wi, M, s.d_model, F)
             act = self.call(f"relu_{M}x{F}", lambda: K.relu_act(M, F, self.tgt), [hid], (M, F))
-        return self.dense(act, wo, M, F, s.d_model, residual=x[1])
+        return self.dense(act, wo, M, F, s.d_model, residual=residual)
 
 
 def _params(specs):
@@ -84,7 +85,7 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
                             [qkv, P["enc_bias"], mask], (M, I))
                 x = kb.dense(a, P[f"enc{i}.o"], M, I, D, residual=x)
                 h = kb.rms(x, P[f"enc{i}.ln_ff"], M, D, s.eps)
-                x = kb.ff(s, (h, x), P[f"enc{i}.wi"], P[f"enc{i}.wo"], M)
+                x = kb.ff(s, h, x, P[f"enc{i}.wi"], P[f"enc{i}.wo"], M)
             out = bb.emit_output(kb.rms(x, P["enc_final_ln"], M, D, s.eps))
         bb.emit_func_output(out)
 
@@ -136,7 +137,7 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
                             [q, ck, cv, mask], (B, I))
                 x = kb.dense(a, P[f"dec{i}.o_cross"], B, I, D, residual=x)
                 h = kb.rms(x, P[f"dec{i}.ln_ff"], B, D, s.eps)
-                x = kb.ff(s, (h, x), P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
+                x = kb.ff(s, h, x, P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
             scale = D ** -0.5 if s.scale_output else 1.0
             h = kb.rms(x, P["dec_final_ln"], B, D, s.eps, scale)
             logits = kb.dense(h, P["lm_head"], B, D, s.vocab)

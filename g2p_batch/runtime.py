@@ -164,13 +164,15 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
         params = build_params(cp.weights, shape, packed)
     else:
         params = load_file(str(path / manifest["params"]["path"]))
-    compiled, specs, caches, windows = {}, {}, {}, {}
+    compiled, specs, caches, windows, per_len = {}, {}, {}, {}, {}
     for entry in manifest["buckets"]:
         b = Bucket(entry["batch"], entry["input_len"])
         windows[b] = max((int(f[len("step_w"):]) for f in entry.get("functions", []) if f.startswith("step_w")),
                          default=0)
         compiled[b] = tvm.runtime.load_module(str(path / entry["path"]))
-        specs[b] = (param_specs(shape, packed, b.input_len, T), bucket_params(params, shape, b.input_len, T))
+        if b.input_len not in per_len:  # bias tables depend on the length only, not the batch
+            per_len[b.input_len] = bucket_params(params, shape, b.input_len, T)
+        specs[b] = (param_specs(shape, packed, b.input_len, T), per_len[b.input_len])
         Ld, H, dk = shape.dec_layers, shape.heads, shape.d_kv
         caches[b] = ((Ld, b.batch, H, dk, T), (Ld, b.batch, H, T, dk))
     engine = TVMEngine(compiled, params, specs, caches, T, device, windows)
