@@ -21,7 +21,7 @@ from .decoding import Bucket
 from .tokenizer import PromptFormat
 
 log = logging.getLogger("g2p_batch.artifacts")
-FORMAT = 1
+FORMAT = 2  # 2: packed-token encoder, cross K/V made by encode (no prefill function)
 _LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 

@@ -21,7 +21,7 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
 
     tkind = targets.kind(target)
     t0 = time.perf_counter()
-    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind))
+    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind, targets.dense_tile(target)))
     log.debug("b%d_in%d_out%d: model built (%.1fs)", B, L, T, time.perf_counter() - t0)
     tgt = tvm.target.Target(target, host=targets.cpu_target()) if tkind == "gpu" else tvm.target.Target(target)
     if dump_ir:
@@ -38,5 +38,5 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
     ex.export_library(str(tmp))
     tmp.replace(out_path)
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
-    return ["encode", "prefill"] + [step_function_name(T, w) for w in step_windows(T)]
+    return ["encode"] + [step_function_name(T, w) for w in step_windows(T)]
 

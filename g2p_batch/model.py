@@ -1,19 +1,20 @@
 """CharsiuG2P's T5 as three Relax functions over fixed shapes: encode, prefill, step.
 
-- `encode(ids, mask)`: the encoder, once per batch.
-- `prefill(hidden)`: every decoder layer's cross-attention keys/values, once per batch.
+- `encode(ids, where, gather, mask)`: the encoder over the batch's real tokens only, packed
+  into 16*m rows (m varies per batch: no work on padding), then every decoder layer's
+  cross-attention keys/values scattered back to the [B, L] cache layout; once per batch.
 - `step(tokens, pos, k_cache, v_cache, cross_k, cross_v, mask)`: one new token per row through
   the decoder; the self-attention cache is written in place at `pos`, nothing is recomputed.
   It returns the greedy next id and its log-probability, so only ids cross to the host.
 
 Weights are function parameters (after the inputs, in `param_specs` order), so one params file
-serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket:
-symbolic shapes compiled here ran several times slower than padded fixed ones.
+serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket
+except the encoder's token count, a multiple of 16 that the hand schedules tile exactly.
 """
 
 from __future__ import annotations
 
-from tvm import relax
+from tvm import relax, tirx
 
 from . import kernels as K
 from .shapes import T5Shape, param_specs, step_function_name, step_windows
@@ -24,38 +25,50 @@ class _Builder:
 
     def __init__(self, bb: relax.BlockBuilder, tgt: K.KernelTarget):
         self.bb, self.tgt, self.cache = bb, tgt, {}
+        self.m = tirx.Var("m", "int64")  # the encoder's token blocks: rows M=None mean 16*m tokens
+        self.m32 = tirx.Cast("int32", self.m)  # kernels index in int32 (int64 defeats the schedules)
 
     def kernel(self, key, make):
         if key not in self.cache:
             self.cache[key] = self.bb.add_func(make().with_attr("global_symbol", key), key)
         return self.cache[key]
 
-    def call(self, key, make, args, out_shape, dtype="float32"):
+    def call(self, key, make, args, out_shape, dtype="float32", tokens=False):
+        """`tokens`: the kernel takes the packed encoder's m as a trailing scalar."""
         gv = self.kernel(key, make)
         if isinstance(out_shape, list):
             sinfo = [relax.TensorType(o, d) for o, d in out_shape]
         else:
             sinfo = relax.TensorType(out_shape, dtype)
-        return self.bb.emit(relax.call_tir(gv, args, sinfo))
+        return self.bb.emit(relax.call_tir(gv, args + ([relax.prim_value(self.m32)] if tokens else []), sinfo))
+
+    def rows(self, M):
+        return (16 * self.m, "n") if M is None else (M, M)
 
     def dense(self, x, w, M, Kd, N, residual=None):
-        key = f"dense_{M}x{Kd}x{N}" + ("_res" if residual is not None else "")
+        rows, tag = self.rows(M)
+        key = f"dense_{tag}x{Kd}x{N}" + ("_res" if residual is not None else "")
         args = [x, w] + ([residual] if residual is not None else [])
-        return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None), args, (M, N))
+        return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None), args, (rows, N),
+                         tokens=M is None)
 
     def rms(self, x, w, M, D, eps, scale=1.0):
-        key = f"rms_{M}x{D}" + ("_scaled" if scale != 1.0 else "")
-        return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (M, D))
+        rows, tag = self.rows(M)
+        key = f"rms_{tag}x{D}" + ("_scaled" if scale != 1.0 else "")
+        return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (rows, D), tokens=M is None)
 
     def ff(self, s: T5Shape, h, residual, wi, wo, M):
         """residual + wo(act(wi(h))), T5's feed-forward sublayer after its norm."""
         F = s.d_ff
+        rows, tag = self.rows(M)
         if s.gated:
             hid = self.dense(h, wi, M, s.d_model, 2 * F)
-            act = self.call(f"gated_{s.act}_{M}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (M, F))
+            act = self.call(f"gated_{s.act}_{tag}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (rows, F),
+                            tokens=M is None)
         else:
             hid = self.dense(h, wi, M, s.d_model, F)
-            act = self.call(f"relu_{M}x{F}", lambda: K.relu_act(M, F, self.tgt), [hid], (M, F))
+            act = self.call(f"relu_{tag}x{F}", lambda: K.relu_act(M, F, self.tgt), [hid], (rows, F),
+                            tokens=M is None)
         return self.dense(act, wo, M, F, s.d_model, residual=residual)
 
 
@@ -69,35 +82,38 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     bb = relax.BlockBuilder()
     kb = _Builder(bb, tgt)
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
-    M = B * L
+    m = kb.m
+    n = 16 * m
 
-    ids = relax.Var("ids", relax.TensorType((M,), "int32"))
+    ids = relax.Var("ids", relax.TensorType((m, 16), "int32"))
+    where = relax.Var("where", relax.TensorType((m, 16), "int32"))
+    gather = relax.Var("gather", relax.TensorType((B, L), "int32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
     p = _params(specs["encode"])
-    with bb.function("encode", [ids, mask] + p):
+    with bb.function("encode", [ids, where, gather, mask] + p):
         with bb.dataflow():
-            P = dict(zip((n for n, _ in specs["encode"]), p))
-            x = kb.call(f"embed_{M}", lambda: K.embed(M, s.vocab, D, tgt), [ids, P["shared"]], (M, D))
+            P = dict(zip((n_ for n_, _ in specs["encode"]), p))
+            flat_ids = bb.emit(relax.op.reshape(ids, (n,)))
+            flat_where = bb.emit(relax.op.reshape(where, (n,)))
+            x = kb.call("embed_n", lambda: K.embed(None, s.vocab, D, tgt), [flat_ids, P["shared"]], (n, D),
+                        tokens=True)
             for i in range(s.enc_layers):
-                h = kb.rms(x, P[f"enc{i}.ln_attn"], M, D, s.eps)
-                qkv = kb.dense(h, P[f"enc{i}.qkv"], M, D, 3 * I)
+                h = kb.rms(x, P[f"enc{i}.ln_attn"], None, D, s.eps)
+                qkv = kb.dense(h, P[f"enc{i}.qkv"], None, D, 3 * I)
                 a = kb.call(f"enc_attn_{B}x{L}", lambda: K.encoder_attention(B, L, H, dk, tgt),
-                            [qkv, P["enc_bias"], mask], (M, I))
-                x = kb.dense(a, P[f"enc{i}.o"], M, I, D, residual=x)
-                h = kb.rms(x, P[f"enc{i}.ln_ff"], M, D, s.eps)
-                x = kb.ff(s, h, x, P[f"enc{i}.wi"], P[f"enc{i}.wo"], M)
-            out = bb.emit_output(kb.rms(x, P["enc_final_ln"], M, D, s.eps))
-        bb.emit_func_output(out)
-
-    hidden = relax.Var("hidden", relax.TensorType((M, D), "float32"))
-    p = _params(specs["prefill"])
-    with bb.function("prefill", [hidden] + p):
-        with bb.dataflow():
-            kv = kb.dense(hidden, p[0], M, D, Ld * 2 * I)
-            ck, cv = kb.call(f"split_cross_{B}x{L}", lambda: K.split_cross_kv(Ld, B, L, H, dk, tgt), [kv],
-                             [((Ld, B, H, dk, L), "float32"), ((Ld, B, H, L, dk), "float32")])
+                            [qkv, flat_where, gather, P["enc_bias"], mask], (n, I), tokens=True)
+                x = kb.dense(a, P[f"enc{i}.o"], None, I, D, residual=x)
+                h = kb.rms(x, P[f"enc{i}.ln_ff"], None, D, s.eps)
+                x = kb.ff(s, h, x, P[f"enc{i}.wi"], P[f"enc{i}.wo"], None)
+            hidden = kb.rms(x, P["enc_final_ln"], None, D, s.eps)
+            kv = kb.dense(hidden, P["cross_kv"], None, D, Ld * 2 * I)
+            ck, cv = kb.call(f"split_cross_{B}x{L}", lambda: K.split_cross_kv(Ld, B, L, H, dk, tgt), [kv, gather],
+                             [((Ld, B, H, dk, L), "float32"), ((Ld, B, H, L, dk), "float32")], tokens=True)
             out = bb.emit_output(relax.Tuple([ck, cv]))
         bb.emit_func_output(out)
+    # static memory planning: the encoder never holds more tokens than the padded batch
+    bb.update_func(bb.get().get_global_var("encode"),
+                   bb.get()["encode"].with_attr("tir_var_upper_bound", {"m": -(-B * L // 16)}))
 
     for window in step_windows(T):
         _emit_step(bb, kb, s, specs["step"], B, L, T, window, tgt)

@@ -84,9 +84,8 @@ class TVMEngine:
         t0 = time.perf_counter()
         ids = np.ascontiguousarray(input_ids, dtype=np.int32)
         mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
-        hidden = bv.vm["encode"](tvm.runtime.tensor(ids.reshape(-1), dev), mask, *bv.args["encode"])
-        cross = bv.vm["prefill"](hidden, *bv.args["prefill"])
-        ck, cv = cross[0], cross[1]
+        tok, where, gather = (tvm.runtime.tensor(a, dev) for a in pack_tokens(ids))
+        ck, cv = bv.vm["encode"](tok, where, gather, mask, *bv.args["encode"])
         dev.sync()
         t1 = time.perf_counter()
         self.stage_seconds["encode"] += t1 - t0
@@ -119,6 +118,23 @@ class TVMEngine:
         truncated = real & ~done
         scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
         return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated, steps=steps)
+
+
+def pack_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A padded batch [B, L] -> the encoder's packed inputs: token ids and their `b*L + i`
+    places, both [m, 16] (real tokens first, then pad rows up to a multiple of 16), and
+    `gather` [B, L], the packed row of every (b, j), 0 where (b, j) is padding (masked)."""
+    B, L = ids.shape
+    places = np.flatnonzero(ids.reshape(-1) != PAD).astype(np.int32)
+    n = len(places)
+    m = max(1, -(-n // 16))
+    tok = np.full(m * 16, PAD, np.int32)
+    tok[:n] = ids.reshape(-1)[places]
+    where = np.zeros(m * 16, np.int32)
+    where[:n] = places
+    gather = np.zeros(B * L, np.int32)
+    gather[places] = np.arange(n, dtype=np.int32)
+    return tok.reshape(m, 16), where.reshape(m, 16), gather.reshape(B, L)
 
 
 def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | None = None,

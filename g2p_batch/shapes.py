@@ -72,15 +72,14 @@ def param_specs(s: T5Shape, packed: bool, L: int, T: int) -> dict[str, list[tupl
     for i in range(s.enc_layers):
         enc += [(f"enc{i}.ln_attn", (D,)), w(f"enc{i}.qkv", 3 * I, D), w(f"enc{i}.o", D, I),
                 (f"enc{i}.ln_ff", (D,)), w(f"enc{i}.wi", ff_in, D), w(f"enc{i}.wo", D, F)]
-    enc += [("enc_final_ln", (D,))]
-    prefill = [w("cross_kv", s.dec_layers * 2 * I, D)]
+    enc += [("enc_final_ln", (D,)), w("cross_kv", s.dec_layers * 2 * I, D)]
     step = [("dec_bias", (s.heads, T, T)), ("shared", (s.vocab, D))]
     for i in range(s.dec_layers):
         step += [(f"dec{i}.ln_self", (D,)), w(f"dec{i}.qkv", 3 * I, D), w(f"dec{i}.o", D, I),
                  (f"dec{i}.ln_cross", (D,)), w(f"dec{i}.q_cross", I, D), w(f"dec{i}.o_cross", D, I),
                  (f"dec{i}.ln_ff", (D,)), w(f"dec{i}.wi", ff_in, D), w(f"dec{i}.wo", D, F)]
     step += [("dec_final_ln", (D,)), w("lm_head", s.vocab, D)]
-    return {"encode": enc, "prefill": prefill, "step": step}
+    return {"encode": enc, "step": step}
 
 
 STEP_WINDOW = 16  # most outputs end within 16 ids (test split mean: 14 incl. EOS)

@@ -37,6 +37,13 @@ def required_flags(target: dict) -> set[str]:
     return next((need for name, need in _X86_LEVELS if name == target.get("mcpu")), set())
 
 
+def dense_tile(target: dict) -> tuple[int, int]:
+    """The CPU dense kernels' register tile (rows, columns). Measured on a 2048x256x2048 matmul,
+    2 threads: AVX-512 4x16 147 GFLOP/s, 8x16 222, 8x32 286 (numpy: 284-318); on AVX2 4x16
+    reached 171 and 8x32 would need twice the 16 registers."""
+    return (8, 32) if target.get("mcpu") == "skylake-avx512" else (4, 16)
+
+
 def cuda_target(arch: str = "sm_90") -> dict:
     return {"kind": "cuda", "arch": arch, "max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
             "thread_warp_size": 32}

@@ -1,0 +1,56 @@
+"""Kernel-level checks that do not depend on the host's ISA: every CPU dense tile and the packed
+token rows compute what numpy does, and the encoder's token packing round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from g2p_batch.runtime import pack_tokens
+from g2p_batch.tokenizer import PAD
+
+
+def test_pack_tokens_keeps_every_real_token_once_in_order():
+    ids = np.array([[5, 6, 7, 1, PAD], [8, 1, PAD, PAD, PAD], [PAD] * 5], np.int32)  # last: filler row
+    tok, where, gather = pack_tokens(ids)
+    n = 6
+    assert tok.shape == where.shape == (1, 16)
+    assert tok.reshape(-1)[:n].tolist() == [5, 6, 7, 1, 8, 1]
+    assert (tok.reshape(-1)[n:] == PAD).all()
+    flat = where.reshape(-1)[:n]
+    assert flat.tolist() == [0, 1, 2, 3, 5, 6]  # b*L + i
+    real = ids != PAD
+    assert (tok.reshape(-1)[gather[real]] == ids[real]).all()
+    assert (gather[~real] == 0).all()
+
+
+def test_pack_tokens_rounds_rows_up_to_blocks_of_16():
+    ids = np.full((4, 8), 9, np.int32)  # 32 tokens: two full blocks
+    tok, where, _ = pack_tokens(ids)
+    assert tok.shape == (2, 16) and where.reshape(-1).tolist() == list(range(32))
+    tok, _, _ = pack_tokens(np.concatenate([ids, [[9] + [PAD] * 7]]))
+    assert tok.shape == (3, 16)
+
+
+@pytest.mark.parametrize("tile", [(4, 16), (8, 32)])
+@pytest.mark.parametrize("rows", [24, None])  # None: the encoder's packed rows, 16*m
+@pytest.mark.parametrize("N,residual", [(96, False), (96, True), (80, True)])  # 80: no 32-wide blocks
+def test_dense_tiles_match_numpy(tile, rows, N, residual):
+    import tvm
+
+    from g2p_batch import kernels as K
+    from g2p_batch.shapes import PACK
+
+    Kd, m = 32, 3
+    M = 16 * m if rows is None else rows
+    f = K.dense(rows, Kd, N, K.KernelTarget("cpu", tile), residual=residual).with_attr("global_symbol", "main")
+    fn = tvm.compile(tvm.IRModule({"main": f}), target="llvm")["main"]
+    rng = np.random.default_rng(0)
+    x, w, r = (rng.standard_normal(s).astype(np.float32) for s in ((M, Kd), (N, Kd), (M, N)))
+    packed = np.ascontiguousarray(w.reshape(N // PACK, PACK, Kd).transpose(0, 2, 1))
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in (x, packed) + ((r,) if residual else ())]
+    out = tvm.runtime.tensor(np.zeros((M, N), np.float32), dev)
+    fn(*args, *([m] if rows is None else []), out)
+    want = x @ w.T + (r if residual else 0)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
