@@ -1,9 +1,10 @@
 """Rows -> engine calls, in pure Python: which rows are bad, which are the same, and how the
 rest fill the compiled (batch, input_len) shapes with the least padding.
 
-The engine only accepts compiled shapes, so every byte and row of padding is compute paid for
-nothing. Sorting the unique words by encoded length and cutting each length bucket on its own
-keeps input padding to what the next bucket would need; `choose_batch_sizes` bounds row padding.
+The engine only accepts compiled shapes, so every padding row is decoder compute paid for
+nothing (input padding is cheap: the encoder runs on real tokens only). Sorting the unique words
+by encoded length, cutting each length bucket into full batches and moving its tail up to the
+next bucket leaves one partial batch per call; `choose_batch_sizes` bounds its padding.
 """
 
 from __future__ import annotations
@@ -111,13 +112,29 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
     groups: dict[int, list[int]] = defaultdict(list)
     for i in order:
         groups[next(n for n in lens if n >= len(items[i].ids))].append(i)
-    batches = []
+    # A length group's tail (fewer rows than its largest batch) moves up into the next longer
+    # group instead of padding a batch of its own: the packed encoder does no work on input
+    # padding, and a row's result does not depend on its bucket, while a padding row costs a
+    # real row's decoder steps. Only the longest group pads its last batch.
+    batches, carry = [], []
+    last = max(n for n in lens if groups.get(n)) if groups else None
     for input_len in lens:
-        group, start = groups.get(input_len, []), 0
-        for size in choose_batch_sizes(len(group), sizes_by_len[input_len]):
+        group = carry + groups.get(input_len, [])
+        if not group:
+            continue
+        sizes = sizes_by_len[input_len]
+        if input_len == last:
+            chosen, carry = choose_batch_sizes(len(group), sizes), []
+        else:
+            full = max(sizes)
+            chosen, carry = [full] * (len(group) // full), group[len(group) // full * full:]
+        start = 0
+        for size in chosen:
             take = group[start:start + size]
-            batches.append(PlannedBatch(Bucket(size, input_len), tuple(take)))
             start += len(take)
+            longest = len(items[take[-1]].ids)  # groups are length-sorted
+            fits = next(n for n in lens if n >= longest and size in sizes_by_len[n])
+            batches.append(PlannedBatch(Bucket(size, fits), tuple(take)))
     return BatchPlan(items, row_items, errors, batches)
 
 

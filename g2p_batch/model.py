@@ -1,4 +1,4 @@
-"""CharsiuG2P's T5 as three Relax functions over fixed shapes: encode, prefill, step.
+"""CharsiuG2P's T5 as Relax functions per bucket: encode, then step once per output id.
 
 - `encode(ids, where, gather, mask)`: the encoder over the batch's real tokens only, packed
   into 16*m rows (m varies per batch: no work on padding), then every decoder layer's
@@ -34,7 +34,7 @@ class _Builder:
         return self.cache[key]
 
     def call(self, key, make, args, out_shape, dtype="float32", tokens=False):
-        """`tokens`: the kernel takes the packed encoder's m as a trailing scalar."""
+        """`tokens`: the kernel takes the packed encoder's m as a scalar after its tensor inputs."""
         gv = self.kernel(key, make)
         if isinstance(out_shape, list):
             sinfo = [relax.TensorType(o, d) for o, d in out_shape]
@@ -83,7 +83,7 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     kb = _Builder(bb, tgt)
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
     m = kb.m
-    n = 16 * m
+    n_tok = 16 * m
 
     ids = relax.Var("ids", relax.TensorType((m, 16), "int32"))
     where = relax.Var("where", relax.TensorType((m, 16), "int32"))
@@ -92,16 +92,16 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     p = _params(specs["encode"])
     with bb.function("encode", [ids, where, gather, mask] + p):
         with bb.dataflow():
-            P = dict(zip((n_ for n_, _ in specs["encode"]), p))
-            flat_ids = bb.emit(relax.op.reshape(ids, (n,)))
-            flat_where = bb.emit(relax.op.reshape(where, (n,)))
-            x = kb.call("embed_n", lambda: K.embed(None, s.vocab, D, tgt), [flat_ids, P["shared"]], (n, D),
+            P = dict(zip((n for n, _ in specs["encode"]), p))
+            flat_ids = bb.emit(relax.op.reshape(ids, (n_tok,)))
+            flat_where = bb.emit(relax.op.reshape(where, (n_tok,)))
+            x = kb.call("embed_n", lambda: K.embed(None, s.vocab, D, tgt), [flat_ids, P["shared"]], (n_tok, D),
                         tokens=True)
             for i in range(s.enc_layers):
                 h = kb.rms(x, P[f"enc{i}.ln_attn"], None, D, s.eps)
                 qkv = kb.dense(h, P[f"enc{i}.qkv"], None, D, 3 * I)
                 a = kb.call(f"enc_attn_{B}x{L}", lambda: K.encoder_attention(B, L, H, dk, tgt),
-                            [qkv, flat_where, gather, P["enc_bias"], mask], (n, I), tokens=True)
+                            [qkv, flat_where, gather, P["enc_bias"], mask], (n_tok, I), tokens=True)
                 x = kb.dense(a, P[f"enc{i}.o"], None, I, D, residual=x)
                 h = kb.rms(x, P[f"enc{i}.ln_ff"], None, D, s.eps)
                 x = kb.ff(s, h, x, P[f"enc{i}.wi"], P[f"enc{i}.wo"], None)

@@ -49,6 +49,15 @@ def test_batches_use_smallest_fitting_input_bucket_and_compiled_sizes():
         assert 0 < len(batch.items) <= batch.bucket.batch
 
 
+def test_length_group_tails_move_up_so_only_one_batch_pads():
+    words = [w for w, _ in _words(250, seed=2)]  # a shard's worth, spread over all three lengths
+    plan = plan_batches(["fra"] * len(words), words, [Bucket(b, n) for b in (8, 32) for n in LENS],
+                        known_langs=LANGS)
+    assert len({b.bucket.input_len for b in plan.batches}) == 3
+    assert sum(b.padding_rows > 0 for b in plan.batches) <= 1
+    assert sum(b.bucket.batch for b in plan.batches) - len(plan.items) < 8  # the one tail, at most
+
+
 @pytest.mark.parametrize("sizes", [[1, 8, 32, 64], [8, 32], [4], [2, 3, 16]])
 def test_batch_sizes_cover_n_with_bounded_padding(sizes):
     for n in range(1, 300):
