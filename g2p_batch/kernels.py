@@ -272,65 +272,59 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     o = te.compute((n, inner),
                    lambda r, c: te.sum(p[r, c // dk, j] * qkv[gather[where[r] // L, j], 2 * inner + c], axis=j),
                    name="o")
-    sched = _sched_fused_attention(dk, 8, separate=("kt",)) if tgt.kind == "cpu" else None
+    sched = _sched_fused_attention(dk, 8, transpose="kt") if tgt.kind == "cpu" else None
     return _finish([qkv, where, gather, bias, mask] + scalars + [o], sched)
 
 
-def _sched_fused_attention(dk: int, vec: int, separate: tuple[str, ...] = ()):
+def _sched_key_transpose(name: str):
+    """[B, H, d, L] keys gathered from token rows: walk each (row, head) block in source order
+    (contiguous reads, stores inside one L1-resident block), 0.13 ms per encoder layer here,
+    against 0.31 ms vectorised over key positions (an 8-row gather per vector)."""
+    def sched(sch):
+        blk = sch.get_sblock(name)
+        b, h, d, j = sch.get_loops(blk)
+        sch.reorder(b, h, j, d)
+        sch.parallel(sch.fuse(b, h))
+    return sched
+
+
+def _sched_fused_attention(dk: int, vec: int, transpose: str | None = None):
     """One parallel task per (query row, head): scores, softmax and the weighted sum of values
     for that head run back to back on a few hundred floats that stay in L1, instead of six
     parallel passes over [rows, H, keys] buffers (each pass paid a thread-pool launch, and the
-    stages ran at ~10 GFLOP/s). `separate` stages (the key transpose) keep their own loop."""
+    stages ran at ~10 GFLOP/s). Both products keep every vector of their output in registers
+    and put the reduction outermost, so the FMAs form independent chains (dk/vec for the
+    weighted sum, keys/vec for the scores) rather than one latency-bound chain per vector.
+    The `transpose` stage (the encoder's key gather) keeps its own loop."""
     def sched(sch):
-        if separate:
-            _sched_attention(vec, separate)(sch)
+        if transpose:
+            _sched_key_transpose(transpose)(sch)
         o = sch.get_sblock("o")
         r, c, t = sch.get_loops(o)
         h, d = sch.split(c, [None, dk])
         d0, d1 = sch.split(d, [None, vec])
-        sch.reorder(r, h, d0, t, d1)
+        sch.reorder(r, h, t, d0, d1)
         rh = sch.fuse(r, h)
         sch.parallel(rh)
+        acc = sch.cache_write(o, 0, "local")
+        sch.reverse_compute_at(acc, rh)
+        sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, vec])[1])
         for name in ("sm", "sm_sum", "sm_exp", "sm_max", "s"):
             sch.compute_at(sch.get_sblock(name), rh)
+        sch.unroll(d0)
         sch.vectorize(d1)
         sch.decompose_reduction(o, t)
         s = sch.get_sblock("s")
         keys, red = sch.get_loops(s)[-2:]
         k0, k1 = sch.split(keys, [None, vec])
-        sch.reorder(k0, red, k1)
+        sch.reorder(red, k0, k1)
+        sch.unroll(k0)
         sch.vectorize(k1)
         sch.decompose_reduction(s, red)
         for name in ("sm_exp", "sm"):
             blk = sch.get_sblock(name)
             _, k1 = sch.split(sch.get_loops(blk)[-1], [None, vec])
             sch.vectorize(k1)
-    return sched
-
-
-def _sched_attention(vec, names):
-    """Each stage parallel over its leading spatial loops and vectorised on the last spatial
-    loop where that loop is unit-stride (keys are transposed for that); small but never serial."""
-    def sched(sch):
-        for name in names:
-            blk = sch.get_sblock(name)
-            loops = sch.get_loops(blk)
-            iters = sch.get(blk).iter_vars
-            spatial = [lp for lp, iv in zip(loops, iters) if iv.iter_type == 0]
-            reduce_ = [lp for lp, iv in zip(loops, iters) if iv.iter_type != 0]
-            last = spatial[-1]
-            extent = int(sch.get(last).extent)
-            v = vec if extent % vec == 0 else 1
-            lo, li = sch.split(last, [None, v])
-            sch.reorder(*spatial[:-1], lo, *reduce_, li)
-            sch.parallel(sch.fuse(*spatial[:-1], lo) if spatial[:-1] else lo)
-            if reduce_:
-                if v > 1:  # accumulate 8 outputs at once: vector FMA over the unit-stride loop
-                    sch.vectorize(li)
-                    sch.decompose_reduction(blk, reduce_[0])
-                continue
-            elif v > 1:
-                sch.vectorize(li)
     return sched
 
 
