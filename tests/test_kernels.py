@@ -54,3 +54,41 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     fn(*args, *([m] if rows is None else []), out)
     want = x @ w.T + (r if residual else 0)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def _build(f):
+    import tvm
+
+    return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")["main"]
+
+
+def test_greedy_head_takes_the_first_of_tied_maxima():
+    import tvm
+
+    from g2p_batch import kernels as K
+
+    B, V = 4, 64
+    x = np.random.default_rng(0).standard_normal((B, V)).astype(np.float32)
+    x[0, [5, 40]] = 9.0   # tie across two 16-lane groups: the lower id wins, as torch.argmax
+    x[1, [17, 18]] = 9.0  # tie inside one group
+    dev = tvm.cpu()
+    ids, logp = tvm.runtime.tensor(np.zeros(B, np.int32), dev), tvm.runtime.tensor(np.zeros(B, np.float32), dev)
+    _build(K.greedy_head(B, V, K.KernelTarget()))(tvm.runtime.tensor(x, dev), ids, logp)
+    assert ids.numpy().tolist() == x.argmax(1).tolist()
+    assert ids.numpy()[:2].tolist() == [5, 17]
+    want = -np.log(np.exp(x - x.max(1, keepdims=True)).sum(1))  # log-probability of the max
+    np.testing.assert_allclose(logp.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_matches_numpy():
+    import tvm
+
+    from g2p_batch import kernels as K
+
+    x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
+    w = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros_like(x), dev)
+    _build(K.rms_norm(8, 64, 1e-6, K.KernelTarget()))(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), out)
+    want = x / np.sqrt((x * x).mean(1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
