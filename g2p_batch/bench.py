@@ -122,25 +122,63 @@ def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- engines
 
 
-def run_tvm(cfg, ckpt, rows, batches, steps):
+def _tvm_engine(cfg, ckpt):
     from .artifacts import CompileRequest, ensure_artifacts
     from .runtime import load_engine
 
     target = "cuda" if cfg.device == "cuda" else "llvm"
     if cfg.artifacts:
-        eng = load_engine(cfg.artifacts, device=cfg.device, threads=cfg.threads, checkpoint=ckpt)
-    else:
-        art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sorted({1, cfg.batch}),
-                                              max_input_bytes=64, max_output_len=cfg.max_output_len,
-                                              root=cfg.cache_dir))
-        eng = load_engine(art, device=cfg.device, threads=cfg.threads)
+        return load_engine(cfg.artifacts, device=cfg.device, threads=cfg.threads, checkpoint=ckpt)
+    art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sorted({1, cfg.batch}),
+                                          max_input_bytes=64, max_output_len=cfg.max_output_len,
+                                          root=cfg.cache_dir))
+    return load_engine(art, device=cfg.device, threads=cfg.threads)
+
+
+def _tvm_batch_runner(eng, cfg, rows, steps):
     lens = sorted({b.input_len for b in eng.buckets})
 
     def run_batch(idx, B=cfg.batch):
         L = next(n for n in lens if n >= max(len(rows[i]) for i in idx))
         return eng.decode(pad_batch([rows[i] for i in idx], L, B), max_steps=steps, early_exit=steps is None)
+    return run_batch
 
+
+def run_tvm(cfg, ckpt, rows, batches, steps):
+    eng = _tvm_engine(cfg, ckpt)
+    run_batch = _tvm_batch_runner(eng, cfg, rows, steps)
     return _measure(run_batch, batches, lambda: run_batch([0], 1), cfg.latency_runs, eng.stage_seconds)
+
+
+def profile_tvm(cfg: BenchConfig) -> dict:
+    """Per-kernel time of one batch (the median-length one of the bench's workload), through
+    the VM's call instrumentation: 0.27 has no VM profiler. The callback adds a few µs per call,
+    so the kernels' sum slightly exceeds the uninstrumented wall time printed beside it."""
+    from collections import defaultdict
+
+    ckpt = bench_checkpoint(cfg)
+    rows = [encode(e.lang, e.word) for e in sample_words(cfg.data, cfg.words, cfg.seed)]
+    idx = length_sorted_batches(rows, cfg.batch)[len(rows) // cfg.batch // 2]
+    eng = _tvm_engine(cfg, ckpt)
+    run_batch = _tvm_batch_runner(eng, cfg, rows, cfg.steps)
+    for _ in range(2):
+        run_batch(idx)
+    wall = _timed(lambda: run_batch(idx))
+    spent, calls, start = defaultdict(float), defaultdict(int), [0.0]
+
+    def instrument(func, name, before, ret, *args):
+        if before:
+            start[0] = time.perf_counter()
+        else:
+            spent[name] += time.perf_counter() - start[0]
+            calls[name] += 1
+        return 0  # VMInstrumentReturnKind.kNoOp: run the call as usual
+    for bv in eng._vms.values():
+        bv.vm.set_instrument(instrument)
+    run_batch(idx)
+    kernels = [{"name": k, "ms": 1e3 * v, "calls": calls[k]} for k, v in sorted(spent.items(), key=lambda kv: -kv[1])]
+    L = next(b.input_len for b in sorted(eng.buckets) if b.input_len >= max(len(rows[i]) for i in idx))
+    return {"batch": cfg.batch, "input_len": L, "steps": cfg.steps, "wall_ms": 1e3 * wall, "kernels": kernels}
 
 
 def run_transformers(cfg, ckpt, rows, batches, steps):

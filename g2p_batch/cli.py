@@ -251,6 +251,7 @@ def bench(
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="instead: the Parquet job on 1 and --actors actors (1 thread each)")] = False,
     actors: Annotated[int, typer.Option(help="actors for --ray")] = 2,
+    profile: Annotated[bool, typer.Option("--profile", help="instead: per-kernel TVM time of one batch")] = False,
 ):
     """Benchmark TVM against transformers and CTranslate2 in one run: table, JSON and PNG."""
     import os
@@ -259,6 +260,14 @@ def bench(
                         threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
                         device=device, latency_runs=latency_runs, cache_dir=cache_dir, artifacts=artifacts)
     out.mkdir(parents=True, exist_ok=True)
+    if profile:
+        res = B.profile_tvm(cfg)
+        (out / "profile.json").write_text(json.dumps(res, indent=2))
+        typer.echo(f"one batch of {res['batch']} x {res['input_len']} ids, {res['steps'] or 'natural-EOS'} steps: "
+                   f"{res['wall_ms']:.1f} ms uninstrumented")
+        for k in res["kernels"]:
+            typer.echo(f"{k['name']:40s} {k['ms']:8.2f} ms  x{k['calls']}")
+        return
     if ray:
         res = B.ray_scaling(cfg, actors, progress=lambda m: typer.echo(m, err=True))
         (out / "bench-ray.json").write_text(json.dumps(res, indent=2))

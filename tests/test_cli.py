@@ -77,3 +77,27 @@ def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_bench_runs_engines_side_by_side_and_profiles(tmp_path, data_dir):
+    """The bench on a micro checkpoint and 40 words: every engine asked for reports a rate,
+    TVM reports its stages, and --profile names the model's kernels."""
+    ck = tmp_path / "ck"
+    assert _invoke("make-checkpoint", "--arch", "micro", "--seed", "3", ck)[0] == 0
+    common = ["--checkpoint", ck, "--data", data_dir / "data" / "test", "--words", "40", "--batch", "8",
+              "--steps", "4", "--threads", "1", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"]
+    code, out = _invoke("bench", *common, "--engines", "tvm,transformers", "--latency-runs", "2")
+    assert code == 0, out
+    res = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert set(res["engines"]) == {"tvm", "transformers"} and res["words"] == 40
+    assert all(e["words_per_s"] > 0 and e["latency_ms"] > 0 for e in res["engines"].values())
+    assert res["engines"]["tvm"]["encode_s"] > 0 and res["engines"]["tvm"]["decode_s"] > 0
+    assert (tmp_path / "out" / "bench.png").stat().st_size > 0
+
+    code, out = _invoke("bench", *common, "--profile")
+    assert code == 0, out
+    prof = json.loads((tmp_path / "out" / "profile.json").read_text())
+    names = {k["name"] for k in prof["kernels"]}
+    assert {"enc_attn_8x" + str(prof["input_len"]), "embed_n", "greedy_8x384"} <= names
+    steps = sum(k["calls"] for k in prof["kernels"] if k["name"] == "greedy_8x384")
+    assert steps == 4  # one greedy head per forced step
