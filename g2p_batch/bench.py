@@ -209,11 +209,20 @@ def run_transformers(cfg, ckpt, rows, batches, steps):
 def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
     if (out / "model.bin").exists():
         return out
+    import tempfile
+
     import ctranslate2
     from transformers import ByT5Tokenizer
 
-    ByT5Tokenizer().save_pretrained(ckpt)  # the converter reads the vocabulary from the tokenizer
-    ctranslate2.converters.TransformersConverter(ckpt).convert(str(out), quantization=quantization, force=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The converter reads the vocabulary from a tokenizer beside the weights: give it a linked
+    # copy of the checkpoint, never writing into the user's (or the shipped) checkpoint folder.
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        for f in Path(ckpt).iterdir():
+            if f.is_file():
+                (Path(tmp) / f.name).symlink_to(f.resolve())
+        ByT5Tokenizer().save_pretrained(tmp)
+        ctranslate2.converters.TransformersConverter(tmp).convert(str(out), quantization=quantization, force=True)
     return out
 
 

@@ -81,15 +81,18 @@ def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):
 
 def test_bench_runs_engines_side_by_side_and_profiles(tmp_path, data_dir):
     """The bench on a micro checkpoint and 40 words: every engine asked for reports a rate,
-    TVM reports its stages, and --profile names the model's kernels."""
+    TVM reports its stages, nothing is written into the checkpoint, and --profile names the
+    model's kernels."""
     ck = tmp_path / "ck"
     assert _invoke("make-checkpoint", "--arch", "micro", "--seed", "3", ck)[0] == 0
     common = ["--checkpoint", ck, "--data", data_dir / "data" / "test", "--words", "40", "--batch", "8",
               "--steps", "4", "--threads", "1", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"]
-    code, out = _invoke("bench", *common, "--engines", "tvm,transformers", "--latency-runs", "2")
+    before = sorted(p.name for p in ck.iterdir())
+    code, out = _invoke("bench", *common, "--engines", "tvm,transformers,ct2-fp32", "--latency-runs", "2")
     assert code == 0, out
+    assert sorted(p.name for p in ck.iterdir()) == before  # the CTranslate2 conversion writes elsewhere
     res = json.loads((tmp_path / "out" / "bench.json").read_text())
-    assert set(res["engines"]) == {"tvm", "transformers"} and res["words"] == 40
+    assert set(res["engines"]) == {"tvm", "transformers", "ct2-fp32"} and res["words"] == 40
     assert all(e["words_per_s"] > 0 and e["latency_ms"] > 0 for e in res["engines"].values())
     assert res["engines"]["tvm"]["encode_s"] > 0 and res["engines"]["tvm"]["decode_s"] > 0
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
