@@ -9,7 +9,8 @@ Layouts chosen for the schedules:
 - dense weights are packed `[N/16, K, 16]` on CPU (a 16-wide column strip is contiguous, so the
   inner loop is one 2x8-float FMA row), `[N, K]` (torch's own) on GPU;
 - attention keys are stored transposed (`[.., d_kv, T]`) so that query-key products vectorise
-  over key positions, values as `[.., T, d_kv]` so that weighted sums vectorise over d_kv.
+  over key positions, values as `[.., T, d_kv]` so that weighted sums vectorise over d_kv;
+- the encoder's kernels take `M=None` rows: the batch's real tokens, packed (see `_tokens`).
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ class KernelTarget:
         return self.kind == "cpu"
 
 
-def tokens():
+def _tokens():
     """The packed encoder's row extent: 16*m real-token rows, m passed at run time. The encoder
     runs on the batch's real tokens only (no padding work); a multiple of 16 keeps the dense
-    schedules' 4-row tiles exact, with no per-row bounds checks."""
+    schedules' row tiles exact, with no per-row bounds checks. m is int32: an int64 m puts
+    casts into fused loop bindings, which then count as non-affine and block vectorising."""
     m = te.var("m", "int32")
     return m * 16, [m]
 
@@ -47,7 +49,7 @@ def tokens():
 def _rows(M):
     """(row extent, scalar params): `M` rows, or the packed encoder's tokens when M is None.
     Relax passes scalars after the tensor inputs, before the outputs."""
-    return tokens() if M is None else (M, [])
+    return _tokens() if M is None else (M, [])
 
 
 def _finish(tensors, sched):
@@ -90,8 +92,7 @@ def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | 
     if epilogue == "residual":
         sch.reverse_compute_inline(sch.get_sblock("out"))
     sch.reverse_compute_at(local, j0)
-    lo, li = sch.split(sch.get_loops(local)[-1], [None, PACK])
-    sch.vectorize(li)
+    sch.vectorize(sch.split(sch.get_loops(local)[-1], [None, PACK])[1])
     sch.parallel(sch.fuse(i0, j0))
     if k1 is not None:
         sch.unroll(k1)
@@ -261,7 +262,7 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     gives it an exact zero weight, as a pad token's key had before packing). T5 does not scale
     scores by 1/sqrt(d_kv); the relative-position bias [H, L, L] and the key padding mask
     [B, L] are added before the softmax, as in HF's position_bias."""
-    n, scalars = tokens()
+    n, scalars = _tokens()
     inner = H * dk
     qkv = te.placeholder((n, 3 * inner), "float32", name="qkv")
     where = te.placeholder((n,), "int32", name="where")
@@ -419,7 +420,7 @@ def split_cross_kv(Ld: int, B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     """All decoder layers' cross K/V from one dense output over the packed tokens [n, Ld*2*H*dk]
     into the cache layouts [Ld, B, H, dk, L] (keys transposed) and [Ld, B, H, L, dk], through
     `gather` (see encoder_attention)."""
-    n, scalars = tokens()
+    n, scalars = _tokens()
     inner = H * dk
     kv = te.placeholder((n, Ld * 2 * inner), "float32", name="kv")
     gather = te.placeholder((B, L), "int32", name="gather")
