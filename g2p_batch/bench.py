@@ -173,8 +173,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
             spent[name] += time.perf_counter() - start[0]
             calls[name] += 1
         return 0  # VMInstrumentReturnKind.kNoOp: run the call as usual
-    for bv in eng._vms.values():
-        bv.vm.set_instrument(instrument)
+    eng.set_instrument(instrument)
     run_batch(idx)
     kernels = [{"name": k, "ms": 1e3 * v, "calls": calls[k]} for k, v in sorted(spent.items(), key=lambda kv: -kv[1])]
     L = next(b.input_len for b in sorted(eng.buckets) if b.input_len >= max(len(rows[i]) for i in idx))

@@ -71,6 +71,12 @@ class TVMEngine:
                 pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)],
                 window=(windows or {}).get(b, 0))
 
+    def set_instrument(self, fn) -> None:
+        """Call `fn` around every VM call of every bucket (the per-kernel profile of
+        `g2p-batch bench --profile`); see tvm.runtime.vm.VirtualMachine.set_instrument."""
+        for bv in self._vms.values():
+            bv.vm.set_instrument(fn)
+
     def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True) -> DecodeOutput:
         """Greedy decode of one compiled-shape batch. `max_steps` (<= max_output_len) and
         `early_exit=False` exist for benchmarks that force every engine to run the same steps."""
