@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm import s_tir
 
-from .shapes import PACK
+from .shapes import PACK, TOKEN_BLOCK
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class KernelTarget:
 
 
 def _tokens():
-    """The packed encoder's row extent: 16*m real-token rows, m passed at run time. The encoder
-    runs on the batch's real tokens only (no padding work); a multiple of 16 keeps the dense
-    schedules' row tiles exact, with no per-row bounds checks. m is int32: an int64 m puts
+    """The packed encoder's row extent: TOKEN_BLOCK*m real-token rows, m passed at run time. The
+    encoder runs on the batch's real tokens only (no padding work); a multiple of TOKEN_BLOCK
+    keeps the dense schedules' row tiles exact, with no per-row bounds checks. m is int32: an int64 m puts
     casts into fused loop bindings, which then count as non-affine and block vectorising."""
     m = te.var("m", "int32")
-    return m * 16, [m]
+    return m * TOKEN_BLOCK, [m]
 
 
 def _rows(M):
@@ -62,8 +62,8 @@ def _finish(tensors, sched):
 
 
 def _divisor(n, options=(4, 2, 1)) -> int:
-    if not isinstance(n, int):  # packed tokens: a multiple of 16
-        return next(f for f in options if 16 % f == 0)
+    if not isinstance(n, int):  # packed tokens: a multiple of TOKEN_BLOCK
+        return next(f for f in options if TOKEN_BLOCK % f == 0)
     return next(f for f in options if n % f == 0)
 
 

@@ -1,7 +1,7 @@
 """CharsiuG2P's T5 as Relax functions per bucket: encode, then step once per output id.
 
 - `encode(ids, where, gather, mask)`: the encoder over the batch's real tokens only, packed
-  into 16*m rows (m varies per batch: no work on padding), then every decoder layer's
+  into TOKEN_BLOCK*m rows (m varies per batch: no work on padding), then every decoder layer's
   cross-attention keys/values scattered back to the [B, L] cache layout; once per batch.
 - `step(tokens, pos, k_cache, v_cache, cross_k, cross_v, mask)`: one new token per row through
   the decoder; the self-attention cache is written in place at `pos`, nothing is recomputed.
@@ -9,7 +9,7 @@
 
 Weights are function parameters (after the inputs, in `param_specs` order), so one params file
 serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket
-except the encoder's token count, a multiple of 16 that the hand schedules tile exactly.
+except the encoder's token count, a multiple of TOKEN_BLOCK that the hand schedules tile exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from tvm import relax, tirx
 
 from . import kernels as K
-from .shapes import T5Shape, param_specs, step_function_name, step_windows
+from .shapes import TOKEN_BLOCK, T5Shape, param_specs, step_function_name, step_windows
 
 
 class _Builder:
@@ -25,7 +25,7 @@ class _Builder:
 
     def __init__(self, bb: relax.BlockBuilder, tgt: K.KernelTarget):
         self.bb, self.tgt, self.cache = bb, tgt, {}
-        self.m = tirx.Var("m", "int64")  # the encoder's token blocks: rows M=None mean 16*m tokens
+        self.m = tirx.Var("m", "int64")  # the encoder's token blocks: rows M=None mean TOKEN_BLOCK*m tokens
         self.m32 = tirx.Cast("int32", self.m)  # kernels index in int32 (int64 defeats the schedules)
 
     def kernel(self, key, make):
@@ -43,7 +43,7 @@ class _Builder:
         return self.bb.emit(relax.call_tir(gv, args + ([relax.prim_value(self.m32)] if tokens else []), sinfo))
 
     def rows(self, M):
-        return (16 * self.m, "n") if M is None else (M, M)
+        return (TOKEN_BLOCK * self.m, "n") if M is None else (M, M)
 
     def dense(self, x, w, M, Kd, N, residual=None):
         rows, tag = self.rows(M)
@@ -83,10 +83,10 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     kb = _Builder(bb, tgt)
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
     m = kb.m
-    n_tok = 16 * m
+    n_tok = TOKEN_BLOCK * m
 
-    ids = relax.Var("ids", relax.TensorType((m, 16), "int32"))
-    where = relax.Var("where", relax.TensorType((m, 16), "int32"))
+    ids = relax.Var("ids", relax.TensorType((m, TOKEN_BLOCK), "int32"))
+    where = relax.Var("where", relax.TensorType((m, TOKEN_BLOCK), "int32"))
     gather = relax.Var("gather", relax.TensorType((B, L), "int32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
     p = _params(specs["encode"])
@@ -113,7 +113,7 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
         bb.emit_func_output(out)
     # static memory planning: the encoder never holds more tokens than the padded batch
     bb.update_func(bb.get().get_global_var("encode"),
-                   bb.get()["encode"].with_attr("tir_var_upper_bound", {"m": -(-B * L // 16)}))
+                   bb.get()["encode"].with_attr("tir_var_upper_bound", {"m": -(-B * L // TOKEN_BLOCK)}))
 
     for window in step_windows(T):
         _emit_step(bb, kb, s, specs["step"], B, L, T, window, tgt)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoding import Bucket, DecodeOutput
-from .shapes import NEG_INF
+from .shapes import NEG_INF, TOKEN_BLOCK
 from .tokenizer import EOS, PAD
 
 
@@ -128,19 +128,19 @@ class TVMEngine:
 
 def pack_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A padded batch [B, L] -> the encoder's packed inputs: token ids and their `b*L + i`
-    places, both [m, 16] (real tokens first, then pad rows up to a multiple of 16), and
+    places, both [m, TOKEN_BLOCK] (real tokens first, then pad rows up to the block), and
     `gather` [B, L], the packed row of every (b, j), 0 where (b, j) is padding (masked)."""
     B, L = ids.shape
     places = np.flatnonzero(ids.reshape(-1) != PAD).astype(np.int32)
     n = len(places)
-    m = max(1, -(-n // 16))
-    tok = np.full(m * 16, PAD, np.int32)
+    m = max(1, -(-n // TOKEN_BLOCK))
+    tok = np.full(m * TOKEN_BLOCK, PAD, np.int32)
     tok[:n] = ids.reshape(-1)[places]
-    where = np.zeros(m * 16, np.int32)
+    where = np.zeros(m * TOKEN_BLOCK, np.int32)
     where[:n] = places
     gather = np.zeros(B * L, np.int32)
     gather[places] = np.arange(n, dtype=np.int32)
-    return tok.reshape(m, 16), where.reshape(m, 16), gather.reshape(B, L)
+    return tok.reshape(m, TOKEN_BLOCK), where.reshape(m, TOKEN_BLOCK), gather.reshape(B, L)
 
 
 def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | None = None,

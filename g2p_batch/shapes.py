@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 NEG_INF = -3.4028234663852886e38  # torch.finfo(float32).min, HF's additive mask value
 PACK = 16  # CPU dense weights are packed [N/16, K, 16]
+TOKEN_BLOCK = 16  # the packed encoder holds its real tokens in [m, TOKEN_BLOCK] rows: dense row tiles divide it
 
 
 @dataclass(frozen=True)
