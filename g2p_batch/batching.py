@@ -117,7 +117,7 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
     # padding, and a row's result does not depend on its bucket, while a padding row costs a
     # real row's decoder steps. Only the longest group pads its last batch.
     batches, carry = [], []
-    last = max(n for n in lens if groups.get(n)) if groups else None
+    last = max(groups, default=None)  # the longest length that holds rows
     for input_len in lens:
         group = carry + groups.get(input_len, [])
         if not group:

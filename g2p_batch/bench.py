@@ -136,17 +136,21 @@ def _tvm_engine(cfg, ckpt):
 
 
 def _tvm_batch_runner(eng, cfg, rows, steps):
+    """(run_batch(idx), input_len(idx)): a batch of rows padded to the smallest compiled length."""
     lens = sorted({b.input_len for b in eng.buckets})
 
+    def input_len(idx):
+        return next(n for n in lens if n >= max(len(rows[i]) for i in idx))
+
     def run_batch(idx, B=cfg.batch):
-        L = next(n for n in lens if n >= max(len(rows[i]) for i in idx))
-        return eng.decode(pad_batch([rows[i] for i in idx], L, B), max_steps=steps, early_exit=steps is None)
-    return run_batch
+        return eng.decode(pad_batch([rows[i] for i in idx], input_len(idx), B), max_steps=steps,
+                          early_exit=steps is None)
+    return run_batch, input_len
 
 
 def run_tvm(cfg, ckpt, rows, batches, steps):
     eng = _tvm_engine(cfg, ckpt)
-    run_batch = _tvm_batch_runner(eng, cfg, rows, steps)
+    run_batch, _ = _tvm_batch_runner(eng, cfg, rows, steps)
     return _measure(run_batch, batches, lambda: run_batch([0], 1), cfg.latency_runs, eng.stage_seconds)
 
 
@@ -160,7 +164,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     rows = [encode(e.lang, e.word) for e in sample_words(cfg.data, cfg.words, cfg.seed)]
     idx = length_sorted_batches(rows, cfg.batch)[len(rows) // cfg.batch // 2]
     eng = _tvm_engine(cfg, ckpt)
-    run_batch = _tvm_batch_runner(eng, cfg, rows, cfg.steps)
+    run_batch, input_len = _tvm_batch_runner(eng, cfg, rows, cfg.steps)
     for _ in range(2):
         run_batch(idx)
     wall = _timed(lambda: run_batch(idx))
@@ -176,8 +180,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     eng.set_instrument(instrument)
     run_batch(idx)
     kernels = [{"name": k, "ms": 1e3 * v, "calls": calls[k]} for k, v in sorted(spent.items(), key=lambda kv: -kv[1])]
-    L = next(b.input_len for b in sorted(eng.buckets) if b.input_len >= max(len(rows[i]) for i in idx))
-    return {"batch": cfg.batch, "input_len": L, "steps": cfg.steps, "wall_ms": 1e3 * wall, "kernels": kernels}
+    return {"batch": cfg.batch, "input_len": input_len(idx), "steps": cfg.steps, "wall_ms": 1e3 * wall, "kernels": kernels}
 
 
 def run_transformers(cfg, ckpt, rows, batches, steps):

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm
 
+from g2p_batch import kernels as K
 from g2p_batch.runtime import pack_tokens
+from g2p_batch.shapes import PACK
 from g2p_batch.tokenizer import PAD
+
+
+def _build(f):
+    return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")["main"]
 
 
 def test_pack_tokens_keeps_every_real_token_once_in_order():
@@ -36,15 +43,9 @@ def test_pack_tokens_rounds_rows_up_to_blocks_of_16():
 @pytest.mark.parametrize("rows", [24, None])  # None: the encoder's packed rows, 16*m
 @pytest.mark.parametrize("N,residual", [(96, False), (96, True), (80, True)])  # 80: no 32-wide blocks
 def test_dense_tiles_match_numpy(tile, rows, N, residual):
-    import tvm
-
-    from g2p_batch import kernels as K
-    from g2p_batch.shapes import PACK
-
     Kd, m = 32, 3
     M = 16 * m if rows is None else rows
-    f = K.dense(rows, Kd, N, K.KernelTarget("cpu", tile), residual=residual).with_attr("global_symbol", "main")
-    fn = tvm.compile(tvm.IRModule({"main": f}), target="llvm")["main"]
+    fn = _build(K.dense(rows, Kd, N, K.KernelTarget("cpu", tile), residual=residual))
     rng = np.random.default_rng(0)
     x, w, r = (rng.standard_normal(s).astype(np.float32) for s in ((M, Kd), (N, Kd), (M, N)))
     packed = np.ascontiguousarray(w.reshape(N // PACK, PACK, Kd).transpose(0, 2, 1))
@@ -56,17 +57,7 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def _build(f):
-    import tvm
-
-    return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")["main"]
-
-
 def test_greedy_head_takes_the_first_of_tied_maxima():
-    import tvm
-
-    from g2p_batch import kernels as K
-
     B, V = 4, 64
     x = np.random.default_rng(0).standard_normal((B, V)).astype(np.float32)
     x[0, [5, 40]] = 9.0   # tie across two 16-lane groups: the lower id wins, as torch.argmax
@@ -81,10 +72,6 @@ def test_greedy_head_takes_the_first_of_tied_maxima():
 
 
 def test_rms_norm_matches_numpy():
-    import tvm
-
-    from g2p_batch import kernels as K
-
     x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
     w = np.random.default_rng(2).standard_normal(64).astype(np.float32)
     dev = tvm.cpu()
