@@ -26,6 +26,8 @@ ARCHS: dict[str, dict] = {
               "num_layers": 12, "num_decoder_layers": 4},
     # the project's shipped default: tiny dims, 6+2 layers, fits 25 MB as fp16
     "tiny_6_2": {**_TINY, "num_layers": 6, "num_decoder_layers": 2},
+    # small enough to train on a 2-core CPU in about an hour
+    "tiny_3_1": {**_TINY, "num_layers": 3, "num_decoder_layers": 1},
     # test-only shapes: same code paths (gated-gelu, relative bias, untied head), fewer FLOPs
     "micro": {**_TINY, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128,
               "num_layers": 2, "num_decoder_layers": 2},

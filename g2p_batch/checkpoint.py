@@ -61,10 +61,10 @@ def resolve(ref: str | os.PathLike) -> tuple[str, Path]:
     """'default' | local directory | hub id -> (name, local directory)."""
     ref = str(ref)
     if ref == DEFAULT_CHECKPOINT:
-        path = _PACKAGED / "g2p_tiny_6_2"
+        path = _PACKAGED / "g2p_tiny_3_1"
         if not (path / "config.json").exists():
             raise CheckpointError(f"the embedded default checkpoint is missing from {path}; reinstall g2p-batch")
-        return "g2p_tiny_6_2", path
+        return "g2p_tiny_3_1", path
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -130,9 +130,9 @@ def save_untied(model, out_dir: str | os.PathLike, dtype: str = "float32") -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    sd = {k: v.detach().to(tdtype).contiguous().clone() for k, v in model.state_dict().items()
+    sd = {k: v.detach().to("cpu", tdtype).contiguous().clone() for k, v in model.state_dict().items()
           if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
-    sd["lm_head.weight"] = model.lm_head.weight.detach().to(tdtype).contiguous().clone()
+    sd["lm_head.weight"] = model.lm_head.weight.detach().to("cpu", tdtype).contiguous().clone()
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = model.config.to_dict()
     cfg.pop("scale_decoder_outputs", None)

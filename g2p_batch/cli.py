@@ -55,7 +55,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log each
 @app.command("make-checkpoint")
 def make_checkpoint(
     out_dir: Annotated[Path, typer.Argument(help="directory to write config.json + model.safetensors")],
-    arch: Annotated[str, typer.Option(help="tiny_8, tiny_12, tiny_16, small, tiny_6_2, micro, ... optionally with ,key=value overrides")] = "tiny_8",
+    arch: Annotated[str, typer.Option(help="tiny_8, tiny_12, tiny_16, small, tiny_6_2, tiny_3_1, micro, ... optionally with ,key=value overrides")] = "tiny_8",
     seed: Annotated[int, typer.Option(help="torch seed for the random init")] = 0,
     eos_shadow: Annotated[Optional[int], typer.Option(help="make EOS win wherever this token id would: rows end at varied steps")] = None,
 ):
@@ -218,19 +218,23 @@ def run(
 def train(
     data: Annotated[Path, typer.Option(help="directory of <lang>.tsv(.gz) training files")] = Path("../shared/charsiug2p-data/data/train"),
     out: Annotated[Path, typer.Option(help="checkpoint directory to write")] = Path("checkpoints/trained"),
-    arch: Annotated[str, typer.Option()] = "tiny_6_2",
-    epochs: Annotated[int, typer.Option()] = 8,
-    batch_size: Annotated[int, typer.Option()] = 1024,
-    lr: Annotated[float, typer.Option()] = 2e-3,
-    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the model is saved when it runs out")] = 60.0,
+    arch: Annotated[str, typer.Option()] = "tiny_3_1",
+    epochs: Annotated[int, typer.Option()] = 1,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option()] = 300,
+    dropout: Annotated[float, typer.Option()] = 0.0,
+    max_minutes: Annotated[float, typer.Option(help="wall-clock budget; the model is saved when it runs out")] = 85.0,
     dev: Annotated[Optional[Path], typer.Option(help="dev split for a final loss / exact-match check")] = None,
     init: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ):
-    """Train a CharsiuG2P-style checkpoint (torch; GPU when present). See MODEL_CARD.md."""
+    """Train a CharsiuG2P-style checkpoint (torch; GPU when present). The defaults are the shipped
+    default's recipe (MODEL_CARD.md); `python -m g2p_batch.train --help` lists every option."""
     from .train import train as run_training
     summary = run_training(data=str(data), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                           max_minutes=max_minutes, dev=str(dev) if dev else None, init=str(init) if init else None,
+                           warmup_steps=warmup_steps, dropout=dropout, max_minutes=max_minutes,
+                           dev=str(dev) if dev else None, init=str(init) if init else None,
                            seed=seed, time_aware_schedule=True, argv=sys.argv)
     typer.echo(json.dumps({k: summary[k] for k in ("steps", "epochs_done", "seconds", "final_loss")}))
 

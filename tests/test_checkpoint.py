@@ -32,10 +32,10 @@ def test_bad_references(tmp_path):
 
 def test_default_checkpoint_is_embedded_and_fits_25mb():
     cp = checkpoint.load("default")
-    assert cp.name == "g2p_tiny_6_2"
+    assert cp.name == "g2p_tiny_3_1"
     assert (cp.path / "model.safetensors").stat().st_size <= 25 * 2**20
     shape = T5Shape.from_hf_config(cp.config)
-    assert (shape.enc_layers, shape.dec_layers, shape.d_model) == (6, 2, 256)
+    assert (shape.enc_layers, shape.dec_layers, shape.d_model) == (3, 1, 256)
     assert "lm_head.weight" in cp.weights and not shape.scale_output
 
 

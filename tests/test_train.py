@@ -143,6 +143,7 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+        assert "lm_head.weight" in f.keys()  # the untied form the TVM loader and transformers 4 read
     model = transformers.T5ForConditionalGeneration.from_pretrained(out)
     cfg = model.config
     assert (cfg.decoder_start_token_id, cfg.eos_token_id, cfg.pad_token_id) == (0, 1, 0)
@@ -159,3 +160,31 @@ def test_time_limit_stops_and_still_saves(tmp_path, one_thread):
               max_minutes=0.0, reserve_seconds=0.0, log_every=1000)
     assert s["stopped_early"] and s["stop_reason"] == "time" and s["steps"] < s["planned_steps"]
     assert (out / "model.safetensors").exists() and (out / "training_summary.json").exists()
+
+
+def test_position_init_points_each_head_at_its_offset():
+    """Each initialised head attends mostly to its own offset; the last head of each stack is free."""
+    import torch
+    import transformers
+
+    from g2p_batch.archs import resolve_arch
+    from g2p_batch.train import _init_position_heads
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(**resolve_arch("micro"))
+    config._attn_implementation = "eager"
+    model = transformers.T5ForConditionalGeneration(config).eval()
+    _init_position_heads(torch, model, 4.0)
+    L = 12
+    ids = torch.randint(3, 259, (2, L))
+    with torch.no_grad():
+        out = model(input_ids=ids, decoder_input_ids=ids, output_attentions=True)
+    q = torch.arange(L)
+    for atts, offsets in ((out.encoder_attentions[0], (-2, -1, 0)), (out.decoder_attentions[0], (0, -1, -2))):
+        for h, off in enumerate(offsets):
+            keep = (q + off >= 0) & (q + off < L)
+            hit = atts[:, h].argmax(-1)[:, keep] == (q + off)[keep]
+            assert hit.float().mean() > 0.9, (h, off)
+            assert atts[:, h].max(-1).values[:, keep].mean() > 0.2
+        free = atts[:, len(offsets)]  # micro has 4 heads: 3 pinned, 1 free, near uniform at init
+        assert free.max(-1).values.mean() < 0.5
