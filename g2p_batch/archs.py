@@ -24,9 +24,9 @@ ARCHS: dict[str, dict] = {
     # byt5-small dims (charsiu/g2p_multilingual_byT5_small_100)
     "small": {**_TINY, "d_model": 1472, "d_kv": 64, "num_heads": 6, "d_ff": 3584,
               "num_layers": 12, "num_decoder_layers": 4},
-    # the project's shipped default: tiny dims, 6+2 layers, fits 25 MB as fp16
+    # the project's first default (GPU-trained, replaced by tiny_3_1)
     "tiny_6_2": {**_TINY, "num_layers": 6, "num_decoder_layers": 2},
-    # small enough to train on a 2-core CPU in about an hour
+    # the shipped default (MODEL_CARD.md): small enough to train on a 2-core CPU in about an hour
     "tiny_3_1": {**_TINY, "num_layers": 3, "num_decoder_layers": 1},
     # test-only shapes: same code paths (gated-gelu, relative bias, untied head), fewer FLOPs
     "micro": {**_TINY, "d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 128,

@@ -1,6 +1,6 @@
 """Train a ByT5-vocabulary T5 (CharsiuG2P style) on `<lang>.tsv` word/pronunciation files.
 
-    python -m g2p_batch.train --data DIR --out DIR [--arch tiny_6_2] [--epochs 4] ...
+    python -m g2p_batch.train --data DIR --out DIR [--arch tiny_3_1] [--epochs 4] ...
 
 Data: every `DIR/<lang>.tsv` (or `<lang>.tsv.gz`) holds `word<TAB>pron` lines; a pron may list comma-separated
 variants and only the first (stripped) is trained on. Input text is `PromptFormat().format(lang,
@@ -359,8 +359,8 @@ def _init_position_heads(torch, model, strength: float) -> None:
             att.relative_attention_bias.weight.copy_(bias)
 
 
-def train(data: str, out: str, arch: str = "tiny_6_2", epochs: int = 4, batch_size: int = 512,
-          lr: float = 2e-3, warmup_steps: int = 500, max_minutes: float = 9.0, seed: int = 0,
+def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_size: int = 512,
+          lr: float = 1e-3, warmup_steps: int = 500, max_minutes: float = 9.0, seed: int = 0,
           device: str = "auto", bf16: bool = True, limit_per_lang: int | None = None,
           dev: str | None = None, max_input_bytes: int = 64, max_output_len: int = 64,
           save_dtype: str = "float16", time_aware_schedule: bool = False, weight_decay: float = 0.01,
@@ -602,10 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="directory of <lang>.tsv (or .tsv.gz) training files")
     p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--arch", default="tiny_6_2", help="archs.py name[,key=value...]")
+    p.add_argument("--arch", default="tiny_3_1", help="archs.py name[,key=value...]")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3, help="2e-3 diverged at batch 128 (MODEL_CARD.md)")
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--max-minutes", type=float, default=9.0,
                    help="wall-clock bound on the whole run (load+train+save+dev eval)")
