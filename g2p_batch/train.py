@@ -345,10 +345,10 @@ def _init_position_heads(torch, model, strength: float) -> None:
     dev loss from 1.45 to 0.25 (MODEL_CARD.md). The last head of each stack starts free (zero bias)."""
     from transformers.models.t5.modeling_t5 import T5Attention
 
+    cfg = model.config
     for stack, offsets, bidirectional in ((model.encoder, (-2, -1, 0, 1, 2), True),
                                           (model.decoder, (0, -1, -2, -3), False)):
         att = stack.block[0].layer[0].SelfAttention
-        cfg = model.config
         bias = torch.zeros_like(att.relative_attention_bias.weight)  # [buckets, heads]
         for h, off in zip(range(cfg.num_heads - 1), offsets):
             b = T5Attention._relative_position_bucket(torch.tensor(off), bidirectional=bidirectional,
@@ -412,14 +412,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
           f"{max_output_len} ids, {counts['malformed']:,} malformed; mean ids in/out "
           f"{ds.src_len.mean():.1f}/{ds.tgt_len.mean():.1f}; loaded in {t_load:.1f}s", flush=True)
 
-    config = transformers.T5Config(**arch_cfg)
-    config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = PAD, EOS, PAD
-    if dropout is not None:
-        config.dropout_rate = dropout
     torch.manual_seed(seed)  # init on CPU: the same weights whatever the device
-    model = transformers.T5ForConditionalGeneration(config)
-    if position_init > 0:
-        _init_position_heads(torch, model, position_init)
     if init:  # continue from a saved checkpoint (a second training session): same arch required
         model = transformers.T5ForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
         if dropout is not None:
@@ -427,16 +420,23 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
             for m in model.modules():
                 if isinstance(m, torch.nn.Dropout):
                     m.p = dropout
-        config = model.config
-        embed_init_std = 0.0  # keep the trained embeddings
-    # transformers 5 ties lm_head to `shared` and, for tie_word_embeddings=False archs, does not
-    # scale the decoder output: with HF's std-1.0 embedding init the first logits have std
-    # ~sqrt(d_model) (initial loss ~170 for d_model 256). A d_model**-0.5 embedding std starts
-    # at ~ln(384) and trained ~2.4x lower loss after 150 steps in a CPU check.
-    emb_std = config.d_model ** -0.5 if embed_init_std is None else embed_init_std
-    if emb_std > 0:
-        with torch.no_grad():
-            model.shared.weight.normal_(0.0, emb_std)
+        emb_std = 0.0  # the trained embeddings and position bias stay as they are
+    else:
+        config = transformers.T5Config(**arch_cfg)
+        config.decoder_start_token_id, config.eos_token_id, config.pad_token_id = PAD, EOS, PAD
+        if dropout is not None:
+            config.dropout_rate = dropout
+        model = transformers.T5ForConditionalGeneration(config)
+        if position_init > 0:
+            _init_position_heads(torch, model, position_init)
+        # transformers 5 ties lm_head to `shared` and, for tie_word_embeddings=False archs, does not
+        # scale the decoder output: with HF's std-1.0 embedding init the first logits have std
+        # ~sqrt(d_model) (initial loss ~170 for d_model 256). A d_model**-0.5 embedding std starts
+        # at ~ln(384) and trained ~2.4x lower loss after 150 steps in a CPU check.
+        emb_std = config.d_model ** -0.5 if embed_init_std is None else embed_init_std
+        if emb_std > 0:
+            with torch.no_grad():
+                model.shared.weight.normal_(0.0, emb_std)
     gc = model.generation_config
     gc.decoder_start_token_id, gc.eos_token_id, gc.pad_token_id = PAD, EOS, PAD
     gc.max_length = max_output_len + 1  # start token + up to max_output_len ids
