@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
 
-from .decoding import Bucket
+from .decoding import Bucket, fit_input_len
 from .tokenizer import InputTooLong, PromptFormat, encode
 
 __all__ = ["BatchPlan", "Item", "PlannedBatch", "choose_batch_sizes", "plan_batches",
@@ -111,7 +111,7 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
     order = sorted(range(len(items)), key=lambda i: (len(items[i].ids), items[i].lang, items[i].word))
     groups: dict[int, list[int]] = defaultdict(list)
     for i in order:
-        groups[next(n for n in lens if n >= len(items[i].ids))].append(i)
+        groups[fit_input_len(lens, len(items[i].ids))].append(i)
     # A length group's tail (fewer rows than its largest batch) moves up into the next longer
     # group instead of padding a batch of its own: the packed encoder does no work on input
     # padding, and a row's result does not depend on its bucket, while a padding row costs a
@@ -133,7 +133,7 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
             take = group[start:start + size]
             start += len(take)
             longest = len(items[take[-1]].ids)  # groups are length-sorted
-            fits = next(n for n in lens if n >= longest and size in sizes_by_len[n])
+            fits = fit_input_len([n for n in lens if size in sizes_by_len[n]], longest)
             batches.append(PlannedBatch(Bucket(size, fits), tuple(take)))
     return BatchPlan(items, row_items, errors, batches)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .decoding import fit_input_len
 from .lexicon import Entry, read
 from .shapes import T5Shape
 from .tokenizer import PAD, PromptFormat, encode, encode_text, pad_batch
@@ -140,7 +141,7 @@ def _tvm_batch_runner(eng, cfg, rows, steps):
     lens = sorted({b.input_len for b in eng.buckets})
 
     def input_len(idx):
-        return next(n for n in lens if n >= max(len(rows[i]) for i in idx))
+        return fit_input_len(lens, max(len(rows[i]) for i in idx))
 
     def run_batch(idx, B=cfg.batch):
         return eng.decode(pad_batch([rows[i] for i in idx], input_len(idx), B), max_steps=steps,

@@ -21,6 +21,12 @@ class Bucket:
         return f"b{self.batch}_in{self.input_len}"
 
 
+def fit_input_len(lens, need: int) -> int:
+    """The smallest compiled input length (ascending `lens`) that holds `need` ids: every
+    planner pads to it, and callers reject longer rows before they get here."""
+    return next(n for n in lens if n >= need)
+
+
 @dataclass
 class DecodeOutput:
     tokens: np.ndarray     # [B, T] int32 generated ids (no start token); PAD after EOS

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import metrics
-from .decoding import Bucket, Engine
+from .decoding import Bucket, Engine, fit_input_len
 from .lexicon import Entry
 from .tokenizer import InputTooLong, PromptFormat, decode, encode, pad_batch
 
@@ -26,8 +26,7 @@ def plan_batches(rows: list[list[int]], batch: int, buckets: list[Bucket]):
         raise ValueError(f"batch size {batch} is not compiled; compiled: {sorted({b.batch for b in buckets})}")
     for start in range(0, len(rows), batch):
         idx = list(range(start, min(start + batch, len(rows))))
-        need = max(len(rows[i]) for i in idx)
-        L = next(n for n in lens if n >= need)
+        L = fit_input_len(lens, max(len(rows[i]) for i in idx))
         yield idx, pad_batch([rows[i] for i in idx], L, batch)
 
 
