@@ -228,6 +228,7 @@ def train(
     dev: Annotated[Optional[Path], typer.Option(help="dev split for a final loss / exact-match check")] = None,
     init: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    lang_balance: Annotated[float, typer.Option(help="draw language l in proportion to n_l**this (1: as the data)")] = 1.0,
 ):
     """Train a CharsiuG2P-style checkpoint (torch; GPU when present). The defaults are the shipped
     default's recipe (MODEL_CARD.md); `python -m g2p_batch.train --help` lists every option."""
@@ -235,7 +236,7 @@ def train(
     summary = run_training(data=str(data), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                            warmup_steps=warmup_steps, dropout=dropout, max_minutes=max_minutes,
                            dev=str(dev) if dev else None, init=str(init) if init else None,
-                           seed=seed, time_aware_schedule=True, argv=sys.argv)
+                           seed=seed, lang_balance=lang_balance, time_aware_schedule=True, argv=sys.argv)
     typer.echo(json.dumps({k: summary[k] for k in ("steps", "epochs_done", "seconds", "final_loss")}))
 
 

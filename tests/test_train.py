@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from g2p_batch.tokenizer import EOS, PAD, PromptFormat, encode_text
-from g2p_batch.train import (build_parser, epoch_plan, load_pairs, lr_at, steps_per_epoch, train)
+from g2p_batch.train import (balanced_rows, build_parser, epoch_plan, load_pairs, lr_at, steps_per_epoch,
+                             train)
 
 SHARED = Path("/work/shared/charsiug2p-data/data")
 LANGS = ("eng-us", "fin", "dut")
@@ -97,6 +98,36 @@ def test_epoch_plan_is_deterministic_bucketed_and_complete():
     random_fill = (sl.sum() + tl.sum()) / (n * (sl.max() + tl.max()))
     assert a.tokens.sum() / a.padded.sum() > random_fill + 0.15  # bucketing cuts padding
     assert steps_per_epoch(1000, 64, 4) == len(epoch_plan(src_len[:1000], tgt_len[:1000], 64, 0, 0, 4))
+
+
+def test_language_balance_reweights_languages_and_keeps_the_epoch_size():
+    sizes = [10, 90, 900]
+    lang_id = np.repeat(np.arange(3), sizes).astype(np.int16)
+    n = lang_id.size
+    even = balanced_rows(lang_id, 0.0, np.random.default_rng(0))
+    assert even.size == n and np.bincount(lang_id[even]).tolist() == [334, 333, 333]
+    # a small language's rows repeat evenly (each 33-34 times), in fresh orders
+    assert sorted(set(np.bincount(even[lang_id[even] == 0]).tolist())) == [33, 34]
+    half = np.bincount(lang_id[balanced_rows(lang_id, 0.5, np.random.default_rng(0))])
+    want = n * np.sqrt(sizes) / np.sqrt(sizes).sum()
+    assert half.sum() == n and np.all(np.abs(half - want) < 1)
+    # a large language is drawn without repeats when its share is below its rows
+    big = balanced_rows(lang_id, 0.5, np.random.default_rng(0))
+    assert np.unique(big[lang_id[big] == 2]).size == half[2]
+
+    src_len = (5 + np.arange(n) % 30).astype(np.int16)
+    tgt_len = (src_len - 2).astype(np.int16)
+    plain = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4)
+    as_data = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_alpha=1.0)
+    assert np.array_equal(plain.order, as_data.order)  # alpha 1 is the unbalanced plan, draw for draw
+    bal = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_alpha=0.0)
+    assert len(bal) == len(plain) == steps_per_epoch(n, 64, 4)
+    rows = np.concatenate([bal.order[s:e] for s, e in zip(bal.starts, bal.ends)])
+    assert np.bincount(lang_id[rows]).tolist() == [334, 333, 333]
+    for s, e, ws in zip(bal.starts, bal.ends, bal.src_w):
+        assert ws == src_len[bal.order[s:e]].max()
+    with pytest.raises(ValueError, match="lang_balance"):
+        train(data="unused", out="unused", lang_balance=1.5)
 
 
 def test_lr_schedule_warms_up_and_decays_to_zero():
