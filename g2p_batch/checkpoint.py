@@ -118,6 +118,9 @@ def _load_torch_file(f: Path, safetensors: bool) -> dict:
     return {k: v.float().numpy() for k, v in sd.items()}
 
 
+SAVE_DTYPES = ("float16", "bfloat16", "float32")  # what `save_untied` writes
+
+
 def save_untied(model, out_dir: str | os.PathLike, dtype: str = "float32") -> Path:
     """Save a transformers T5 with `lm_head.weight` written out and `tie_word_embeddings: false`.
 
@@ -129,7 +132,7 @@ def save_untied(model, out_dir: str | os.PathLike, dtype: str = "float32") -> Pa
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tdtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    tdtype = {name: getattr(torch, name) for name in SAVE_DTYPES}[dtype]
     sd = {k: v.detach().to("cpu", tdtype).contiguous().clone() for k, v in model.state_dict().items()
           if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
     sd["lm_head.weight"] = model.lm_head.weight.detach().to("cpu", tdtype).contiguous().clone()

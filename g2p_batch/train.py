@@ -52,11 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from .archs import resolve_arch
-from .checkpoint import save_untied
+from .checkpoint import SAVE_DTYPES, save_untied
 from .tokenizer import EOS, OFFSET, PAD, PromptFormat, decode, encode_text
 
 IGNORE = -100
-SAVE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 # ----------------------------------------------------------------------------------------- data
