@@ -239,11 +239,11 @@ def balanced_rows(lang_id: np.ndarray, alpha: float, rng: np.random.Generator) -
 
 def epoch_plan(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int, seed: int, epoch: int,
                chunk_batches: int = 128, shuffle: bool = True, lang_id: np.ndarray | None = None,
-               lang_alpha: float = 1.0) -> EpochPlan:
+               lang_balance: float = 1.0) -> EpochPlan:
     """Length-bucketed batches, a pure function of (lengths, batch_size, seed, epoch[, languages]).
 
     shuffle: random permutation, chunks of `batch_size * chunk_batches` rows each sorted by
-    (src length // 4, tgt length), batches shuffled. With `lang_id` and `lang_alpha` < 1 the
+    (src length // 4, tgt length), batches shuffled. With `lang_id` and `lang_balance` < 1 the
     permutation is replaced by `balanced_rows`. Without shuffle: one global length sort (evaluation)."""
     n = int(src_len.size)
     # coarse input-length bins, target length within: ~0.89 of padded slots are real ids on the
@@ -251,8 +251,8 @@ def epoch_plan(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int, seed: 
     key = (src_len.astype(np.int64) // 4) * 1024 + tgt_len.astype(np.int64)
     if shuffle:
         rng = np.random.default_rng([seed, epoch])
-        balanced = lang_id is not None and lang_alpha != 1.0 and n > 0
-        perm = balanced_rows(lang_id, lang_alpha, rng) if balanced else rng.permutation(n)
+        balanced = lang_id is not None and lang_balance != 1.0 and n > 0
+        perm = balanced_rows(lang_id, lang_balance, rng) if balanced else rng.permutation(n)
         chunk = batch_size * chunk_batches
         parts, starts = [], []
         for c0 in range(0, n, chunk):
@@ -512,7 +512,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
     try:
         while epoch < epochs and stop["reason"] is None:
             plan = epoch_plan(ds.src_len, ds.tgt_len, batch_size, seed, epoch, bucket_chunk,
-                              lang_id=ds.lang_id, lang_alpha=lang_balance)
+                              lang_id=ds.lang_id, lang_balance=lang_balance)
             order_t = torch.from_numpy(plan.order)
             order_dev = order_t.pin_memory().to(dev_t, non_blocking=True) if cuda else order_t
             for b in range(len(plan)):

@@ -118,9 +118,9 @@ def test_language_balance_reweights_languages_and_keeps_the_epoch_size():
     src_len = (5 + np.arange(n) % 30).astype(np.int16)
     tgt_len = (src_len - 2).astype(np.int16)
     plain = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4)
-    as_data = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_alpha=1.0)
+    as_data = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_balance=1.0)
     assert np.array_equal(plain.order, as_data.order)  # alpha 1 is the unbalanced plan, draw for draw
-    bal = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_alpha=0.0)
+    bal = epoch_plan(src_len, tgt_len, 64, seed=3, epoch=0, chunk_batches=4, lang_id=lang_id, lang_balance=0.0)
     assert len(bal) == len(plain) == steps_per_epoch(n, 64, 4)
     rows = np.concatenate([bal.order[s:e] for s, e in zip(bal.starts, bal.ends)])
     assert np.bincount(lang_id[rows]).tolist() == [334, 333, 333]
