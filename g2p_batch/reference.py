@@ -19,6 +19,9 @@ class Reference:
         self.torch = torch
         self.model = transformers.T5ForConditionalGeneration.from_pretrained(
             str(checkpoint_path), dtype=torch.float32).eval()
+        # every call passes max_new_tokens; a checkpoint's own max_length (ours save 65) would make
+        # generate() warn once per batch that it is ignored
+        self.model.generation_config.max_length = transformers.GenerationConfig().max_length
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, min_new_tokens: int = 0) -> np.ndarray:
         """[B, T] generated ids (start token dropped), right-padded with PAD to max_new_tokens."""

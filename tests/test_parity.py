@@ -53,3 +53,17 @@ def test_rows_ending_at_different_steps(make_set, parity_entries):
     assert len(set(lengths[lengths < T].tolist())) >= 4, "rows should end at varied steps"
     assert min(steps) < T, "no batch exited early"
     assert rep.truncated > 0, "some rows should hit max_output_len"
+
+
+def test_reference_does_not_warn_per_batch_about_max_length(capfd):
+    """Our checkpoints save max_length 65 for plain generate(); the reference always passes
+    max_new_tokens, which made transformers warn once per batch and flood verify and bench logs."""
+    from g2p_batch import checkpoint
+    from g2p_batch.tokenizer import encode_text
+
+    _, path = checkpoint.resolve("default")
+    ref = Reference(path, threads=1)
+    capfd.readouterr()
+    out = ref.generate(np.array([encode_text("<eng-us>:cat")]), max_new_tokens=12)
+    assert out.shape == (1, 12)
+    assert "max_length" not in capfd.readouterr().err
