@@ -229,6 +229,7 @@ def train(
     init: Annotated[Optional[Path], typer.Option(help="continue from this checkpoint")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     lang_balance: Annotated[float, typer.Option(help="draw language l in proportion to n_l**this (1: as the data)")] = 1.0,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: on CUDA only; worth it on CPUs with AMX)")] = None,
 ):
     """Train a CharsiuG2P-style checkpoint (torch; GPU when present). The defaults are the shipped
     default's recipe (MODEL_CARD.md); `python -m g2p_batch.train --help` lists every option."""
@@ -236,7 +237,8 @@ def train(
     summary = run_training(data=str(data), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                            warmup_steps=warmup_steps, dropout=dropout, max_minutes=max_minutes,
                            dev=str(dev) if dev else None, init=str(init) if init else None,
-                           seed=seed, lang_balance=lang_balance, time_aware_schedule=True, argv=sys.argv)
+                           seed=seed, lang_balance=lang_balance, bf16=bf16, time_aware_schedule=True,
+                           argv=sys.argv)
     typer.echo(json.dumps({k: summary[k] for k in ("steps", "epochs_done", "seconds", "final_loss")}))
 
 

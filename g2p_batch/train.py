@@ -389,7 +389,7 @@ def _init_position_heads(torch, model, strength: float) -> None:
 
 def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_size: int = 512,
           lr: float = 1e-3, warmup_steps: int = 500, max_minutes: float = 9.0, seed: int = 0,
-          device: str = "auto", bf16: bool = True, limit_per_lang: int | None = None,
+          device: str = "auto", bf16: bool | None = None, limit_per_lang: int | None = None,
           dev: str | None = None, max_input_bytes: int = 64, max_output_len: int = 64,
           save_dtype: str = "float16", time_aware_schedule: bool = False, weight_decay: float = 0.01,
           grad_clip: float = 1.0, log_every: int = 200, dev_generate: int = 300,
@@ -421,7 +421,9 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
         torch.cuda.manual_seed_all(seed)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = torch.bfloat16 if (bf16 and cuda) else None
+    # CPU bf16 is opt-in: it is 1.8x faster per step on AMX (MODEL_CARD.md) but slow without native
+    # bf16, and the CPU stages before it ran fp32, so their commands stay reproducible
+    amp_dtype = torch.bfloat16 if (cuda if bf16 is None else bf16) else None
     device_name = torch.cuda.get_device_name(dev_t) if cuda else (platform.processor() or platform.machine() or "cpu")
     print(f"[train] device {device} ({device_name}), torch {torch.__version__}, transformers "
           f"{transformers.__version__}, amp {'bf16' if amp_dtype else 'off'}", flush=True)
@@ -613,7 +615,8 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
     if dev_ds is not None and len(dev_ds):
         # evaluate what was saved (rounded to save_dtype), reloaded the way users will load it
         reloaded = transformers.T5ForConditionalGeneration.from_pretrained(out_dir).to(dev_t, dtype=torch.float32)
-        summary["dev"] = _evaluate(torch, reloaded, dev_ds, dev_t, amp_dtype, max(batch_size, 256),
+        # fp32 on CPU: the dev loss is compared across CPU stages, which ran fp32
+        summary["dev"] = _evaluate(torch, reloaded, dev_ds, dev_t, amp_dtype if cuda else None, max(batch_size, 256),
                                    dev_generate, seed, max_output_len)
         summary["dev"]["languages"] = len(dev_ds.langs)
         summary["dev"]["skipped_languages_not_in_train"] = dev_skipped
@@ -646,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, help="continue training from this checkpoint directory")
     p.add_argument("--dropout", type=float, default=None, help="override the config's dropout_rate")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast (CUDA only)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on CUDA only; pass it on a CPU with AMX or AVX512-BF16)")
     p.add_argument("--limit-per-lang", type=int, default=None, help="first N lines of each file")
     p.add_argument("--dev", default=None, help="directory of <lang>.tsv dev files, evaluated at the end")
     p.add_argument("--max-input-bytes", type=int, default=64, help="max input ids incl. <lang>: prefix and EOS")

@@ -164,6 +164,7 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
     assert not s["stopped_early"] and s["epochs_completed"] == 8
     assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
     assert s["dev"]["loss"] < s["first_loss"] and s["dev"]["generated"] == 6
+    assert s["amp"] is None  # CPU bf16 is opt-in
 
     summary = json.loads((out / "training_summary.json").read_text())
     for key in ("steps", "epochs_done", "seconds", "final_loss", "dropped_pairs", "device_name",
@@ -182,6 +183,14 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
     ids = torch.tensor([encode_text("<eng-us>:cat")])
     gen = model.float().generate(input_ids=ids, max_new_tokens=8, do_sample=False)
     assert gen.shape[0] == 1 and gen[0, 0].item() == 0
+
+
+def test_cpu_bf16_is_opt_in_and_trains(tmp_path, one_thread):
+    train_dir, _ = _subset(tmp_path, n_dev=0)
+    s = train(data=str(train_dir), out=str(tmp_path / "ckpt"), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+              warmup_steps=5, device="cpu", bf16=True, limit_per_lang=20, log_every=8)
+    assert s["amp"] == "bf16" and s["options"]["bf16"] is True
+    assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
 
 
 def test_time_limit_stops_and_still_saves(tmp_path, one_thread):
