@@ -2,7 +2,9 @@
 
 Layout: `<root>/<checkpoint>/<target>/manifest.json`, `params.safetensors` (weights already
 fused and packed for the target) and `b{B}_in{L}_out{T}/model.so` per bucket. A set is reused
-only when its manifest matches the request; missing buckets are compiled and added.
+only when its manifest matches the request; missing buckets are compiled and added. The compiled
+modules take the weights as arguments, so a checkpoint retrained under the same name only has its
+params re-packed.
 """
 
 from __future__ import annotations
@@ -81,7 +83,6 @@ def _languages() -> list[str]:
 def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -> list[str]:
     diffs = []
     for key, want, have in (
-        ("checkpoint weights sha256", identity["weights_sha256"], manifest["checkpoint"]["weights_sha256"]),
         ("checkpoint config", identity["config"], manifest["checkpoint"]["config"]),
         ("target", target, manifest["target"]),
         ("max_output_len", req.max_output_len, manifest["max_output_len"]),
@@ -99,12 +100,13 @@ def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -
 def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, **fields) -> Path:
     """Find or build the artifact set for `req`; returns its directory.
 
-    Compiles only the buckets that are missing. Cached artifacts built from other weights, for
-    another target or output length, are an error that names each difference (delete the
-    folder or pass another --artifacts-dir)."""
+    Compiles only the buckets that are missing. New weights for the same architecture (a
+    retrained checkpoint under the same name) re-pack the params and keep the compiled buckets,
+    which take the weights as arguments. Cached artifacts for another architecture, target,
+    output length or TVM are an error that names each difference (delete the folder or pass
+    another --artifacts-dir)."""
     from . import checkpoint as ckpt
     from .compiler import build_bucket
-    from .loader import build_params
     from .shapes import T5Shape
 
     req = req or CompileRequest(**fields)
@@ -122,6 +124,12 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
         if diffs:
             raise ArtifactMismatch(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
                                    + f"\nremove {out} to rebuild, or pass another artifacts directory")
+        if manifest["checkpoint"]["weights_sha256"] != identity["weights_sha256"]:
+            log.warning("%s has new weights (sha256 %s..., artifacts had %s...): re-packing the params in %s",
+                        cp.name, identity["weights_sha256"][:12], manifest["checkpoint"]["weights_sha256"][:12], out)
+            manifest["checkpoint"] = identity
+            manifest["params"] = _write_params(cp, shape, target, out / "params.safetensors")
+            _write_json(manifest_path, manifest)
         have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
         todo = [b for b in buckets if b not in have]
         if not todo:
@@ -131,18 +139,14 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
         todo = buckets
 
     out.mkdir(parents=True, exist_ok=True)
-    params_path = out / "params.safetensors"
     if manifest is None:
-        from safetensors.numpy import save_file
-        params = build_params(cp.weights, shape, packed=targets_mod.kind(target) == "cpu")
-        save_file(params, str(params_path))
         import tvm
         manifest = {
             "format": FORMAT, "checkpoint": identity, "tvm_version": tvm.__version__, "target": target,
             "kernel_target": targets_mod.kind(target), "shape": shape.to_dict(), "max_output_len": T,
             "max_input_bytes": req.max_input_bytes, "prompt": req.prompt.to_dict(),
             "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
-            "params": {"path": params_path.name, "sha256": sha256_file(params_path)},
+            "params": _write_params(cp, shape, target, out / "params.safetensors"),
             "languages": _languages(), "buckets": [],
         }
     log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
@@ -160,6 +164,17 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
         bar.update(1)
     bar.close()
     return out
+
+
+def _write_params(cp, shape, target: dict, path: Path) -> dict:
+    """Fused and packed weights, written aside and renamed: a reader never sees half a file."""
+    from safetensors.numpy import save_file
+    from .loader import build_params
+
+    tmp = path.with_suffix(".tmp")
+    save_file(build_params(cp.weights, shape, packed=targets_mod.kind(target) == "cpu"), str(tmp))
+    tmp.replace(path)
+    return {"path": path.name, "sha256": sha256_file(path)}
 
 
 def _bar(total, desc, enabled):
