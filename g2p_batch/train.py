@@ -12,7 +12,8 @@ device; an epoch is a permutation cut into large random chunks, each chunk sorte
 length // 4, target length) and cut into batches, and the batch order shuffled, so padding stays
 small. `--lang-balance A` < 1 replaces the permutation by draws with language l's share
 proportional to n_l**A (`balanced_rows`), for runs too short to see the small languages often.
-Only one index vector per epoch crosses host -> device. bf16 autocast and fused AdamW on CUDA.
+Only one index vector per epoch crosses host -> device. bf16 autocast and fused AdamW on CUDA;
+`--bf16` also autocasts on CPU, which AMX runs 1.8x faster per step than fp32.
 
 Time: `--max-minutes` bounds the whole `train()` call (loading, training, saving, dev eval).
 Training stops `--reserve-seconds` before that and the model is saved either way; the summary
