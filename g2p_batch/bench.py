@@ -223,16 +223,15 @@ def run_transformers(cfg, ckpt, rows, batches, steps):
 def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
     """Reused only for the weights it was made from: a checkpoint retrained in place keeps its
     name, and a stale conversion would time (and decode) the old model."""
-    import tempfile
-
-    import ctranslate2
-    from transformers import ByT5Tokenizer
-
     from .checkpoint import load as load_checkpoint
 
     source, stamp = load_checkpoint(ckpt).sha256, out / "source_weights.sha256"
     if (out / "model.bin").exists() and stamp.exists() and stamp.read_text() == source:
         return out
+    import tempfile
+
+    import ctranslate2
+    from transformers import ByT5Tokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # The converter reads the vocabulary from a tokenizer beside the weights: give it a linked

@@ -1,11 +1,16 @@
-"""Bench caches: a conversion made for other weights must never be timed as this checkpoint."""
+"""The bench's own logic: a conversion made for other weights is never timed as this checkpoint,
+and TVM pads a batch no further than the compiled sizes force it to."""
 
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
+
+import pytest
 
 from g2p_batch import checkpoint
-from g2p_batch.bench import convert_ct2
+from g2p_batch.bench import _tvm_batch_runner, convert_ct2
+from g2p_batch.decoding import Bucket
 
 
 def test_ct2_conversion_is_redone_for_new_weights_under_the_same_name(tmp_path):
@@ -27,13 +32,6 @@ def test_ct2_conversion_is_redone_for_new_weights_under_the_same_name(tmp_path):
 
 def test_tvm_runs_the_tail_batch_in_the_smallest_compiled_size_that_holds_it():
     """Padding a 16-word tail to batch 64 would charge TVM for 48 rows the other engines skip."""
-    from types import SimpleNamespace
-
-    import pytest
-
-    from g2p_batch.bench import _tvm_batch_runner
-    from g2p_batch.decoding import Bucket
-
     shapes = []
     eng = SimpleNamespace(buckets=[Bucket(b, L) for b in (1, 8, 32, 64) for L in (16, 32)],
                           decode=lambda ids, **kw: shapes.append(ids.shape))
