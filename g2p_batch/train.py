@@ -506,6 +506,8 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
     train_end = deadline - reserve_seconds
     t_train0 = time.time()
     step, epoch, b_in_epoch = 0, 0, 0
+    skipped: list[int] = []  # steps whose update was dropped as non-finite
+    max_skips = 50
     tokens_seen = padded_seen = 0
     win_loss = torch.zeros((), dtype=torch.float32, device=dev_t)
     win_steps = win_tokens = 0
@@ -532,8 +534,19 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
                 with autocast:
                     loss = model(input_ids=inp, attention_mask=mask, labels=lab, use_cache=False).loss
                 loss.backward()
-                if grad_clip and grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip and grad_clip > 0 else math.inf)
+                if not bool(torch.isfinite(norm) & torch.isfinite(loss.detach())):  # one sync per step
+                    # one bad batch must not turn every weight into NaN (a GPU run did, at step ~700):
+                    # skip the update, keep the weights, and give up after a run of them
+                    opt.zero_grad(set_to_none=True)
+                    skipped.append(step)
+                    print(f"[train] step {step + 1}: non-finite loss or gradient (loss {loss.item():.4g}); "
+                          f"update skipped ({len(skipped)} so far)", flush=True)
+                    if len(skipped) >= max_skips and skipped[-max_skips] == step - max_skips + 1:
+                        stop["reason"] = "non-finite"
+                        break
+                    step += 1
+                    continue
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 win_loss += loss.detach().float()
@@ -580,6 +593,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
         "epochs_done": step / max(spe, 1), "epochs_completed": epoch,
         "stopped_early": stop["reason"] is not None, "stop_reason": stop["reason"],
         "seconds": time.time() - t0, "load_seconds": t_load, "train_seconds": t_train,
+        "skipped_steps": skipped,
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None, "final_lr": cur_lr,
         "loss_history": history,

@@ -193,6 +193,46 @@ def test_cpu_bf16_is_opt_in_and_trains(tmp_path, one_thread):
     assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
 
 
+def _nan_loss_on(monkeypatch, bad) -> None:
+    """Make the training forward's loss NaN on the calls (0-based) that `bad` accepts."""
+    import transformers
+    T5 = transformers.T5ForConditionalGeneration
+    orig, calls = T5.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        if self.training:
+            if bad(calls["n"]):
+                out.loss = out.loss * float("nan")
+            calls["n"] += 1
+        return out
+    monkeypatch.setattr(T5, "forward", forward)
+
+
+def test_a_non_finite_batch_is_skipped_not_learned(tmp_path, one_thread, monkeypatch):
+    """One NaN loss once turned every weight into NaN for the rest of a GPU run."""
+    from safetensors.numpy import load_file
+    _nan_loss_on(monkeypatch, lambda n: n == 2)
+    train_dir, _ = _subset(tmp_path, n_dev=0)
+    out = tmp_path / "ckpt"
+    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+              warmup_steps=5, device="cpu", limit_per_lang=20, log_every=8)
+    assert s["skipped_steps"] == [2] and s["steps"] == s["planned_steps"]
+    assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
+    assert all(np.isfinite(w.astype(np.float32)).all() for w in load_file(str(out / "model.safetensors")).values())
+
+
+def test_a_run_of_non_finite_batches_stops_and_keeps_the_last_good_weights(tmp_path, one_thread, monkeypatch):
+    from safetensors.numpy import load_file
+    _nan_loss_on(monkeypatch, lambda n: n >= 3)
+    train_dir, _ = _subset(tmp_path, n_dev=0)
+    out = tmp_path / "ckpt"
+    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
+              limit_per_lang=20, log_every=1000)
+    assert s["stop_reason"] == "non-finite" and s["skipped_steps"] == list(range(3, 53))
+    assert all(np.isfinite(w.astype(np.float32)).all() for w in load_file(str(out / "model.safetensors")).values())
+
+
 def test_time_limit_stops_and_still_saves(tmp_path, one_thread):
     train_dir, _ = _subset(tmp_path, n_train=20, n_dev=0)
     out = tmp_path / "ckpt"
