@@ -1,0 +1,43 @@
+#!/bin/bash
+# Build .carry/ (git-ignored) for one device session: everything tests/gpu/device_run.sh needs
+# on a GPU node that has torch and transformers but no TVM and cannot reach a package index.
+# Run from the repo root on the build machine (no GPU needed): it needs TVM, pip and ../shared.
+#   bash tests/gpu/bundle.sh            then, through the device tool:
+#   run(command="OUT=$OUT bash tests/gpu/device_run.sh", carry=[".carry"])
+# About 45 MB: the 64 MiB a device call carries leaves room for the repo itself.
+set -euo pipefail
+DATA=${G2P_DATA:-../shared/charsiug2p-data}/data
+PYV=${PYV:-3.12}   # the node's python3 (3.12 on the lent H100/H200 image)
+C=.carry
+rm -rf $C && mkdir -p $C/whl $C/data $C/gpu
+
+# TVM as a runtime: the package minus its 250 MB compiler library (TVM_USE_RUNTIME_LIB=1 there)
+SITE=$(python -c "import tvm, os; print(os.path.dirname(os.path.dirname(tvm.__file__)))")
+(cd "$SITE" && tar cf - --exclude=__pycache__ --exclude=3rdparty --exclude=libtvm_compiler.so tvm) \
+  | xz -T0 -6 > $C/tvm_runtime.tar.xz
+FFI=$(python -c "import importlib.metadata as m; print(m.version('apache-tvm-ffi'))")
+python -m pip download -q --no-deps --only-binary=:all: --python-version $PYV --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+  -d $C/whl "apache-tvm-ffi==$FFI"
+
+# data: the test split as is, train and dev (76 MB of text) compressed for the training stage
+cp -r "$DATA/test" $C/data/
+(cd "$DATA" && tar cf - train dev) | xz -T0 -6 > $C/data/train_dev.tar.xz
+
+# CUDA artifact sets, cross-compiled here. Each keeps its params file: load_engine checks it
+# against the manifest unless weights come from --checkpoint.
+A=$(mktemp -d)
+g2p-batch make-checkpoint --arch micro --seed 0 $C/gpu/cuda_set/checkpoint
+g2p-batch compile --checkpoint $C/gpu/cuda_set/checkpoint --target cuda --batch-sizes 8 --input-buckets 32,64 \
+  --max-input-bytes 64 --max-output-len 24 --artifacts-dir $A/micro
+cp -r $A/micro/checkpoint/cuda-sm_90 $C/gpu/cuda_set/artifacts
+# the bench's tiny_8 sets take the node's own seeded weights (--checkpoint), so no params travel
+g2p-batch make-checkpoint --arch tiny_8 --seed 0 $A/tiny8
+for sizes in 1,1024 4096; do
+  g2p-batch compile --checkpoint $A/tiny8 --target cuda --batch-sizes $sizes --input-buckets 32,64 \
+    --max-input-bytes 64 --max-output-len 32 --artifacts-dir $A/t8_$sizes
+  cp -r $A/t8_$sizes/tiny8/cuda-sm_90 $C/gpu/tiny8_b${sizes//,/_}
+  rm $C/gpu/tiny8_b${sizes//,/_}/params.safetensors
+done
+rm -rf $A
+du -sh $C
