@@ -209,6 +209,22 @@ def pack(path: str | Path) -> bytes:
     return buf.getvalue()
 
 
+def verify_packed(blob: bytes, weights_sha256: str, path: str | Path) -> dict:
+    """The packed set's manifest, once it is checked to hold the job's weights, whole. A set is keyed by checkpoint name, so
+    another job with a same-named checkpoint in this root re-packs the params in place, and a
+    blob read meanwhile would carry its weights under this job's name, or a torn mix."""
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+        manifest = json.load(tar.extractfile("./manifest.json"))
+        params = tar.extractfile("./" + manifest["params"]["path"]).read()
+    held = manifest["checkpoint"]["weights_sha256"]
+    if hashlib.sha256(params).hexdigest() != manifest["params"]["sha256"] or held != weights_sha256:
+        raise ArtifactMismatch(f"the artifacts in {path} changed while this job packed them, or hold other "
+                               f"weights (sha256 {held[:12]}..., this job's {weights_sha256[:12]}...): another "
+                               f"job with a checkpoint of the same name uses this artifacts directory; give "
+                               f"each job its own --artifacts-dir")
+    return manifest
+
+
 def unpack(blob: bytes, dest: str | Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def import_object(path: str) -> Callable:
 
 def prepare_tvm_engine(config, target: str) -> PreparedEngine:
     """Compile (or find in the cache) the job's buckets for `target` and pack them."""
-    from . import artifacts
+    from . import artifacts, checkpoint
     from .tokenizer import PromptFormat
 
     directory = artifacts.ensure_artifacts(
@@ -79,14 +79,12 @@ def prepare_tvm_engine(config, target: str) -> PreparedEngine:
         max_output_len=config.max_output_len,
         prompt=PromptFormat(space_after_colon=config.space_after_colon),
         root=config.artifacts_dir, progress=config.progress)
-    manifest = artifacts.read_manifest(directory)
-    identity = manifest.get("checkpoint")
-    checkpoint_id = (identity.get("weights_sha256") if isinstance(identity, dict) else identity) \
-        or config.checkpoint
+    blob = artifacts.pack(directory)
+    manifest = artifacts.verify_packed(blob, checkpoint.load(config.checkpoint).sha256, directory)
     return PreparedEngine(
-        spec=EngineSpec(target=target, blob=artifacts.pack(directory)),
+        spec=EngineSpec(target=target, blob=blob),
         languages=manifest.get("languages") or None,
-        checkpoint_id=str(checkpoint_id), artifacts_hash=artifacts.manifest_hash(manifest))
+        checkpoint_id=manifest["checkpoint"]["weights_sha256"], artifacts_hash=artifacts.manifest_hash(manifest))
 
 
 def load_tvm_engine(spec: EngineSpec) -> Engine:

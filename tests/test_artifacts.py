@@ -49,3 +49,24 @@ def test_another_architecture_under_the_same_name_is_an_error(tmp_path):
     with pytest.raises(artifacts.ArtifactMismatch, match="checkpoint config") as err:
         _ensure(ck, root)
     assert str(out) in str(err.value)
+
+
+def test_packing_refuses_a_set_another_job_repacked(tmp_path):
+    """Two jobs, two checkpoints named alike, one artifacts root: the second re-packs the first's
+    params in place, and the first must not ship them under its own name."""
+    ck, root = tmp_path / "model", tmp_path / "artifacts"
+    checkpoint.make("micro", 0, ck)
+    out = _ensure(ck, root)
+    mine = checkpoint.load(ck).sha256
+    artifacts.verify_packed(artifacts.pack(out), mine, out)
+
+    other = tmp_path / "elsewhere" / "model"
+    checkpoint.make("micro", 1, other)
+    assert _ensure(other, root) == out
+    with pytest.raises(artifacts.ArtifactMismatch, match="its own --artifacts-dir"):
+        artifacts.verify_packed(artifacts.pack(out), mine, out)
+    artifacts.verify_packed(artifacts.pack(out), checkpoint.load(other).sha256, out)
+
+    (out / "params.safetensors").write_bytes(b"half-written")  # torn: not what the manifest says
+    with pytest.raises(artifacts.ArtifactMismatch, match="changed while this job packed them"):
+        artifacts.verify_packed(artifacts.pack(out), checkpoint.load(other).sha256, out)
