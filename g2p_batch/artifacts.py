@@ -210,9 +210,10 @@ def pack(path: str | Path) -> bytes:
 
 
 def verify_packed(blob: bytes, weights_sha256: str, path: str | Path) -> dict:
-    """The packed set's manifest, once it is checked to hold the job's weights, whole. A set is keyed by checkpoint name, so
-    another job with a same-named checkpoint in this root re-packs the params in place, and a
-    blob read meanwhile would carry its weights under this job's name, or a torn mix."""
+    """The packed set's manifest, once the blob is checked to hold the job's weights, whole.
+    A set is keyed by checkpoint name, so another job with a same-named checkpoint in this root
+    re-packs the params in place, and a blob read meanwhile would carry its weights under this
+    job's name, or a torn mix."""
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
         manifest = json.load(tar.extractfile("./manifest.json"))
         params = tar.extractfile("./" + manifest["params"]["path"]).read()

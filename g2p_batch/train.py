@@ -536,7 +536,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip and grad_clip > 0 else math.inf)
                 if not bool(torch.isfinite(norm) & torch.isfinite(loss.detach())):  # one sync per step
-                    # one bad batch must not turn every weight into NaN (a GPU run did, at step ~700):
+                    # one bad batch must not turn every weight into NaN (it did on an H200, bf16):
                     # skip the update, keep the weights, and give up after a run of them
                     opt.zero_grad(set_to_none=True)
                     skipped.append(step)
