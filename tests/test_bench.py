@@ -1,5 +1,6 @@
 """The bench's own logic: a conversion made for other weights is never timed as this checkpoint,
-and TVM pads a batch no further than the compiled sizes force it to."""
+TVM pads a batch no further than the compiled sizes force it to, and a padded single word is
+not reported as a batch-1 latency."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from g2p_batch import checkpoint
+from g2p_batch import bench, checkpoint
 from g2p_batch.bench import _tvm_batch_runner, convert_ct2
 from g2p_batch.decoding import Bucket
 
@@ -42,3 +43,21 @@ def test_tvm_runs_the_tail_batch_in_the_smallest_compiled_size_that_holds_it():
     assert shapes == [(64, 32), (32, 32), (1, 16), (32, 16)]
     with pytest.raises(ValueError, match="no compiled batch size holds 65 rows"):
         run_batch(list(range(64)) + [0])
+
+
+def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
+    """The H200 bench's batch-4096 set printed 84 ms as TVM's "batch-1" latency: one word padded to
+    4096 rows."""
+    def fake_engine(sizes):
+        return SimpleNamespace(buckets=[Bucket(b, 16) for b in sizes], stage_seconds={},
+                               decode=lambda ids, **kw: None)
+    cfg = SimpleNamespace(batch=8, latency_runs=2)
+    rows, batches = [[5] * 10] * 16, [list(range(8)), list(range(8, 16))]
+
+    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((8,)))
+    r = bench.run_tvm(cfg, None, rows, batches, 14)
+    assert "latency_ms" not in r and "padded to 8 rows" in r["latency_note"]
+    assert bench.table({"engines": {"tvm": r}}).splitlines()[2][35:44].strip() == "-"  # the b1 ms column
+
+    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((1, 8)))
+    assert "latency_ms" in bench.run_tvm(cfg, None, rows, batches, 14)
