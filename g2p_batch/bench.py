@@ -73,8 +73,9 @@ def _timed(fn) -> float:
 
 def _measure(run_batch, batches, single, runs: int, stages: dict | None = None) -> dict:
     """One warm-up batch (first calls page in code and weights), the timed pass over every
-    batch, then the median of `runs` single-word calls. `stages` (an engine's cumulative
-    stage_seconds) is zeroed after the warm-up and read right after the timed pass."""
+    batch, then the median of `runs` single-word calls (none without `single`). `stages` (an
+    engine's cumulative stage_seconds) is zeroed after the warm-up and read right after the
+    timed pass."""
     run_batch(batches[0])
     if stages is not None:
         stages.update({k: 0.0 for k in stages})
@@ -85,6 +86,8 @@ def _measure(run_batch, batches, single, runs: int, stages: dict | None = None) 
     out = {"seconds": total}
     if stages is not None:
         out.update({f"{k}_s": v for k, v in stages.items()})
+    if single is None:
+        return out
     lat = [_timed(single) for _ in range(runs)]
     return {**out, "latency_ms": 1000 * statistics.median(lat)}
 
@@ -163,10 +166,11 @@ def _tvm_batch_runner(eng, cfg, rows, steps):
 def run_tvm(cfg, ckpt, rows, batches, steps):
     eng = _tvm_engine(cfg, ckpt)
     run_batch, _ = _tvm_batch_runner(eng, cfg, rows, steps)
-    r = _measure(run_batch, batches, lambda: run_batch([0]), cfg.latency_runs, eng.stage_seconds)
     smallest = min(b.batch for b in eng.buckets)
-    if smallest > 1:  # a prebuilt set without batch 1 (the GPU's 4096 set) times a padded batch
-        del r["latency_ms"]
+    # a prebuilt set without batch 1 (the GPU's 4096 set) would time one word padded to a batch
+    single = (lambda: run_batch([0])) if smallest == 1 else None
+    r = _measure(run_batch, batches, single, cfg.latency_runs, eng.stage_seconds)
+    if single is None:
         r["latency_note"] = f"no batch-1 module: one word runs padded to {smallest} rows, so no latency is reported"
     return r
 

@@ -48,15 +48,18 @@ def test_tvm_runs_the_tail_batch_in_the_smallest_compiled_size_that_holds_it():
 def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
     """The H200 bench's batch-4096 set printed 84 ms as TVM's "batch-1" latency: one word padded to
     4096 rows."""
+    decoded = []
+
     def fake_engine(sizes):
         return SimpleNamespace(buckets=[Bucket(b, 16) for b in sizes], stage_seconds={},
-                               decode=lambda ids, **kw: None)
+                               decode=lambda ids, **kw: decoded.append(ids.shape))
     cfg = SimpleNamespace(batch=8, latency_runs=2)
     rows, batches = [[5] * 10] * 16, [list(range(8)), list(range(8, 16))]
 
     monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((8,)))
     r = bench.run_tvm(cfg, None, rows, batches, 14)
     assert "latency_ms" not in r and "padded to 8 rows" in r["latency_note"]
+    assert len(decoded) == 3  # the warm-up and the two batches; no padded single-word runs
     assert bench.table({"engines": {"tvm": r}}).splitlines()[2][35:44].strip() == "-"  # the b1 ms column
 
     monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((1, 8)))
