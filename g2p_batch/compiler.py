@@ -28,9 +28,9 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
         dump_ir.mkdir(parents=True, exist_ok=True)
         (dump_ir / f"b{B}_in{L}_out{T}.model.py").write_text(mod.script())
     if tkind == "gpu":
+        from . import cuda_rules
         with tgt:
-            mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                          dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+            mod = dl.ApplyDefaultSchedule(*cuda_rules.rules())(mod)
     ex = tvm.compile(mod, tgt)
     log.debug("b%d_in%d_out%d: compiled (%.1fs)", B, L, T, time.perf_counter() - t0)
     out_path.parent.mkdir(parents=True, exist_ok=True)

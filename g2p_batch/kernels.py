@@ -279,7 +279,10 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     o = te.compute((n, inner),
                    lambda r, c: te.sum(p[r, c // dk, j] * qkv[gather[where[r] // L, j], 2 * inner + c], axis=j),
                    name="o")
-    sched = _sched_fused_attention(dk, 8, transpose="kt") if tgt.kind == "cpu" else None
+    if tgt.kind == "cpu":
+        sched = _sched_fused_attention(dk, 8, transpose="kt")
+    else:
+        sched = _sched_attention_gpu(dk, L, inline=("kt",))
     return _finish([qkv, where, gather, bias, mask] + scalars + [o], sched)
 
 
@@ -335,6 +338,55 @@ def _sched_fused_attention(dk: int, vec: int, transpose: str | None = None):
     return sched
 
 
+def _sched_attention_gpu(dk: int, keys: int, inline: tuple = ()):
+    """One block per query row, one warp per head: the GPU twin of `_sched_fused_attention`. Lanes take key
+    positions for the scores (reading the transposed keys coalesced), combine max and sum across
+    the warp, then take output columns for the weighted sum (values read coalesced); scores and
+    weights stay in shared memory. Left to dlight's fallback, each stage was its own kernel over
+    global buffers, and the max and sum stages ran on 6 blocks: 1.1 ms per encoder layer and
+    66-110 us per decoder attention at B=1024 on an H200."""
+    lanes = next(f for f in (32, 16, 8, 4, 2, 1) if keys % f == 0 and dk % f == 0)
+
+    def sched(sch):
+        for name in inline:
+            sch.compute_inline(sch.get_sblock(name))
+        partials = {}
+        for name in ("sm_max", "sm_sum"):  # lanes' partials first, while each block has its own loops
+            blk = sch.get_sblock(name)
+            _, t1 = sch.split(sch.get_loops(blk)[-1], [None, lanes])
+            partials[name] = sch.rfactor(t1, 0)
+            sch.set_scope(partials[name], 0, "local")
+        o = sch.get_sblock("o")
+        r, c, _ = sch.get_loops(o)
+        h, d = sch.split(c, [None, dk])
+        d0, d1 = sch.split(d, [None, lanes])
+        sch.reorder(r, h, d1, d0)
+        sch.bind(r, "blockIdx.x")
+        sch.bind(h, "threadIdx.y")
+        sch.bind(d1, "threadIdx.x")
+        sch.reverse_compute_at(sch.cache_write(o, 0, "local"), d0)  # one register per output
+        order = ["sm", "sm_sum", partials["sm_sum"], "sm_exp", "sm_max", partials["sm_max"], "s"]
+        for item in order:
+            blk = sch.get_sblock(item) if isinstance(item, str) else item
+            sch.compute_at(blk, h)
+            if item in ("sm_max", "sm_sum"):  # every lane keeps the warp's result: a shared
+                # copy written by lane 0 needs a barrier that TVM's sync pass left out (session 7)
+                sch.set_scope(blk, 0, "local")
+            elif isinstance(item, str):
+                sch.set_scope(blk, 0, "shared")
+        for name in ("s", "sm_exp", "sm"):  # one key position per lane
+            blk = sch.get_sblock(name)
+            t0, t1 = sch.split(sch.get_loops(blk)[2], [None, lanes])
+            sch.reorder(t1, t0)
+            sch.bind(t1, "threadIdx.x")
+            if name == "s":  # a register sum, stored once (summed in shared, every step synced)
+                sch.reverse_compute_at(sch.cache_write(blk, 0, "local"), t0)
+        for name, rf in partials.items():  # then across the warp
+            sch.bind(sch.get_loops(rf)[2], "threadIdx.x")
+            sch.bind(sch.get_loops(sch.get_sblock(name))[2], "threadIdx.x")
+    return sched
+
+
 def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTarget):
     """Write one step's key (transposed) and value of `layer` at position pos[0], in place."""
     inner = H * dk
@@ -387,7 +439,7 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
         p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, W), W, "sm")
     t = te.reduce_axis((0, W), name="t")
     o = te.compute((B, H * dk), lambda b, c: te.sum(p[b, c // dk, t] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
-    sched = _sched_fused_attention(dk, 8) if tgt.kind == "cpu" else None
+    sched = _sched_fused_attention(dk, 8) if tgt.kind == "cpu" else _sched_attention_gpu(dk, W)
     return _finish([q, kc, vc, add, o], sched)
 
 
@@ -413,7 +465,37 @@ def greedy_head(B: int, V: int, tgt: KernelTarget):
                 if name != "z" and V % 16 == 0:
                     _, v1 = sch.split(v_, [None, 16])
                     sch.vectorize(sch.get_loops(sch.rfactor(v1, 0))[-1])
+    else:
+        sched = _sched_row_reductions_gpu(("mx", "idx", "z"), ("ids", "logp"))
     return _finish([x, ids, logp], sched)
+
+
+def _sched_row_reductions_gpu(reductions, elementwise, lanes: int = 32):
+    """One warp per row for each [B, V] -> [B] reduction: the lanes take strided columns (coalesced
+    reads), then combine across the warp. Left to dlight, the greedy head ran as one block whose
+    threads each scanned a whole row: 0.62 ms per decoder step at B=1024 on an H200, 12% of the
+    batch."""
+    def sched(sch):
+        for name in reductions:
+            blk = sch.get_sblock(name)
+            b, v = sch.get_loops(blk)
+            _, tx = sch.split(v, [None, lanes])
+            rf = sch.rfactor(tx, 0)
+            rb, r, rtx = sch.get_loops(rf)
+            sch.reorder(rb, rtx, r)
+            sch.bind(rb, "blockIdx.x")
+            sch.bind(rtx, "threadIdx.x")
+            sch.set_scope(rf, 0, "local")
+            sch.decompose_reduction(rf, r)
+            sch.reverse_compute_at(blk, rb)
+            sch.bind(sch.get_loops(blk)[1], "threadIdx.x")  # the lanes' partials, combined
+        for name in elementwise:
+            blk = sch.get_sblock(name)
+            (b,) = sch.get_loops(blk)
+            bo, bi = sch.split(b, [None, lanes])
+            sch.bind(bo, "blockIdx.x")
+            sch.bind(bi, "threadIdx.x")
+    return sched
 
 
 def split_cross_kv(Ld: int, B: int, L: int, H: int, dk: int, tgt: KernelTarget):

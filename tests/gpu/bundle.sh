@@ -40,4 +40,5 @@ for sizes in 1,1024 4096; do
   rm $C/gpu/tiny8_b${sizes//,/_}/params.safetensors
 done
 rm -rf $A
+python tests/gpu/kernel_check.py build $C/kc  # the hand-scheduled kernels alone, checked first there
 du -sh $C

@@ -59,3 +59,22 @@ def test_cuda_early_exit_and_truncation(cuda_set, parity_entries):
     assert (out.lengths[5:] == 0).all(), "filler rows must not decode"
     assert out.truncated[:5].all() == (out.lengths[:5] == engine.max_output_len).all()
     assert np.isfinite(out.scores).all()
+
+
+def test_cuda_large_batch_matches_transformers(parity_entries):
+    """The bench's batch-1024 tiny_8 modules (the hand-scheduled GPU attention, greedy head and
+    picked dense tiles at the shapes the bench times): 500 words in one 1024-row batch, with
+    weights from the set's checkpoint. `G2P_CUDA_LARGE_SET` names a folder like G2P_CUDA_SET's."""
+    from g2p_batch import verify
+    from g2p_batch.reference import Reference
+    from g2p_batch.runtime import load_engine
+
+    path = os.environ.get("G2P_CUDA_LARGE_SET")
+    if not path:
+        pytest.skip("G2P_CUDA_LARGE_SET not set (tests/gpu/device_run.sh sets it)")
+    ck, art = Path(path) / "checkpoint", Path(path) / "artifacts"
+    engine = load_engine(art, device="cuda", checkpoint=str(ck))
+    batch = max(b.batch for b in engine.buckets)
+    rep = verify.run(engine, parity_entries, batch, reference=Reference(ck))
+    assert rep.rows == 500
+    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
