@@ -1,10 +1,12 @@
 """Compiled artifact sets: where they live, what their manifest promises, how they travel.
 
-Layout: `<root>/<checkpoint>/<target>/manifest.json`, `params.safetensors` (weights already
-fused and packed for the target) and `b{B}_in{L}_out{T}/model.so` per bucket. A set is reused
-only when its manifest matches the request; missing buckets are compiled and added. The compiled
-modules take the weights as arguments, so a checkpoint retrained under the same name only has its
-params re-packed.
+Layout: `<root>/<checkpoint>/<target>/manifest.json`, `params-<weights sha256[:16]>.safetensors`
+(weights already fused and packed for the target) and `b{B}_in{L}_out{T}/model.so` per bucket.
+A set is reused only when its manifest matches the request; missing buckets are compiled and
+added. The compiled modules take the weights as arguments, so a checkpoint retrained under the
+same name only gets a params file of its own beside the old one. Params files are named by the
+weights they hold and never rewritten, so two jobs whose checkpoints share a name can share a
+set: each packs its own weights (`pack`), whichever weights the manifest names at that moment.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import json
 import logging
 import tarfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import targets as targets_mod
-from .decoding import Bucket
+from .decoding import DEFAULT_BATCH_SIZES, Bucket
 from .tokenizer import PromptFormat
 
 log = logging.getLogger("g2p_batch.artifacts")
@@ -54,7 +57,7 @@ def default_buckets(max_input_bytes: int) -> list[int]:
 class CompileRequest:
     checkpoint: str = "default"
     target: str = "llvm"
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
     max_input_bytes: int = 64
     input_buckets: list[int] | None = None  # default: default_buckets(max_input_bytes)
     max_output_len: int = 64
@@ -97,21 +100,22 @@ def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -
     return diffs
 
 
-def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, **fields) -> Path:
+def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, cp=None, **fields) -> Path:
     """Find or build the artifact set for `req`; returns its directory.
 
     Compiles only the buckets that are missing. New weights for the same architecture (a
-    retrained checkpoint under the same name) re-pack the params and keep the compiled buckets,
-    which take the weights as arguments. Cached artifacts for another architecture, target,
+    retrained checkpoint under the same name) get a params file of their own and keep the
+    compiled buckets, which take the weights as arguments. Cached artifacts for another architecture, target,
     output length or TVM are an error that names each difference (delete the folder or pass
-    another --artifacts-dir)."""
+    another --artifacts-dir). `cp`: `req.checkpoint` already loaded, so its weights are hashed
+    once per job."""
     from . import checkpoint as ckpt
     from .compiler import build_bucket
     from .shapes import T5Shape
 
     req = req or CompileRequest(**fields)
     target = targets_mod.resolve(req.target)
-    cp = ckpt.load(req.checkpoint)  # identity only; weights are read if params must be built
+    cp = cp or ckpt.load(req.checkpoint)  # identity only; weights are read if params must be built
     out = Path(req.root) / cp.name / targets_mod.short_name(target)
     manifest_path = out / "manifest.json"
     buckets = req.buckets()
@@ -125,10 +129,10 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
             raise ArtifactMismatch(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
                                    + f"\nremove {out} to rebuild, or pass another artifacts directory")
         if manifest["checkpoint"]["weights_sha256"] != identity["weights_sha256"]:
-            log.warning("%s has new weights (sha256 %s..., artifacts had %s...): re-packing the params in %s",
+            log.warning("%s has other weights (sha256 %s..., artifacts had %s...): packing its params in %s",
                         cp.name, identity["weights_sha256"][:12], manifest["checkpoint"]["weights_sha256"][:12], out)
             manifest["checkpoint"] = identity
-            manifest["params"] = _write_params(cp, shape, target, out / "params.safetensors")
+            manifest["params"] = _write_params(cp, shape, target, out)
             _write_json(manifest_path, manifest)
         have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
         todo = [b for b in buckets if b not in have]
@@ -146,7 +150,7 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
             "kernel_target": targets_mod.kind(target), "shape": shape.to_dict(), "max_output_len": T,
             "max_input_bytes": req.max_input_bytes, "prompt": req.prompt.to_dict(),
             "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
-            "params": _write_params(cp, shape, target, out / "params.safetensors"),
+            "params": _write_params(cp, shape, target, out),
             "languages": _languages(), "buckets": [],
         }
     log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
@@ -166,14 +170,21 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, *
     return out
 
 
-def _write_params(cp, shape, target: dict, path: Path) -> dict:
-    """Fused and packed weights, written aside and renamed: a reader never sees half a file."""
+def params_file(weights_sha256: str) -> str:
+    return f"params-{weights_sha256[:16]}.safetensors"
+
+
+def _write_params(cp, shape, target: dict, out: Path) -> dict:
+    """Fused and packed weights, named by the checkpoint's weights (an existing file is reused),
+    written aside and renamed: a reader never sees half a file."""
     from safetensors.numpy import save_file
     from .loader import build_params
 
-    tmp = path.with_suffix(".tmp")
-    save_file(build_params(cp.weights, shape, packed=targets_mod.kind(target) == "cpu"), str(tmp))
-    tmp.replace(path)
+    path = out / params_file(cp.sha256)
+    if not path.exists():
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        save_file(build_params(cp.weights, shape, packed=targets_mod.kind(target) == "cpu"), str(tmp))
+        tmp.replace(path)
     return {"path": path.name, "sha256": sha256_file(path)}
 
 
@@ -200,30 +211,37 @@ def verify_files(path: Path, manifest: dict, params: bool = True) -> None:
             raise ArtifactMismatch(f"{f} does not match its manifest sha256; rebuild the artifacts")
 
 
-def pack(path: str | Path) -> bytes:
+def pack(path: str | Path, weights_sha256: str | None = None) -> tuple[bytes, dict]:
     """The artifact set as one tar blob, to ship through Ray's object store to nodes with no
-    shared filesystem."""
+    shared filesystem, and the manifest inside it. Only the files the manifest names travel,
+    each checked against its recorded sha256. With `weights_sha256` the blob carries those
+    weights' params file even if the folder's manifest names another's now (a job with a
+    same-named checkpoint packed its own since); the manifest inside says so."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if weights_sha256 and manifest["checkpoint"]["weights_sha256"] != weights_sha256:
+        name = params_file(weights_sha256)
+        if not (path / name).exists():
+            raise ArtifactMismatch(f"{path} holds no params for weights {weights_sha256[:12]}...; "
+                                   f"run the compile step for this checkpoint first")
+        manifest["checkpoint"] = {**manifest["checkpoint"], "weights_sha256": weights_sha256}
+        manifest["params"] = {"path": name, "sha256": sha256_file(path / name)}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(str(path), arcname=".")
-    return buf.getvalue()
+        for entry in [manifest["params"]] + manifest["buckets"]:
+            data = (path / entry["path"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ArtifactMismatch(f"{path / entry['path']} does not match its manifest sha256; "
+                                       f"remove {path} to rebuild the artifacts")
+            _add(tar, entry["path"], data)
+        _add(tar, "manifest.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return buf.getvalue(), manifest
 
 
-def verify_packed(blob: bytes, weights_sha256: str, path: str | Path) -> dict:
-    """The packed set's manifest, once the blob is checked to hold the job's weights, whole.
-    A set is keyed by checkpoint name, so another job with a same-named checkpoint in this root
-    re-packs the params in place, and a blob read meanwhile would carry its weights under this
-    job's name, or a torn mix."""
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-        manifest = json.load(tar.extractfile("./manifest.json"))
-        params = tar.extractfile("./" + manifest["params"]["path"]).read()
-    held = manifest["checkpoint"]["weights_sha256"]
-    if hashlib.sha256(params).hexdigest() != manifest["params"]["sha256"] or held != weights_sha256:
-        raise ArtifactMismatch(f"the artifacts in {path} changed while this job packed them, or hold other "
-                               f"weights (sha256 {held[:12]}..., this job's {weights_sha256[:12]}...): another "
-                               f"job with a checkpoint of the same name uses this artifacts directory; give "
-                               f"each job its own --artifacts-dir")
-    return manifest
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo("./" + name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
 
 
 def unpack(blob: bytes, dest: str | Path) -> Path:

@@ -12,11 +12,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from .decoding import DEFAULT_BATCH_SIZES
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(".")[0])
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="'default' (embedded), a local HF directory, or a hub id")]
 TargetOpt = Annotated[str, typer.Option(help="llvm (this CPU), cuda, cuda:sm_XX, or a JSON target dict")]
 ArtifactsOpt = Annotated[str, typer.Option("--artifacts-dir", help="root of compiled artifact sets")]
+_BATCH_SIZES = ",".join(map(str, DEFAULT_BATCH_SIZES))
+BatchSizesOpt = Annotated[str, typer.Option(help="compiled batch sizes")]
 SpaceOpt = Annotated[bool, typer.Option("--space-after-colon/--no-space-after-colon", help="'<lang>: word' instead of '<lang>:word'")]
 
 
@@ -72,7 +76,7 @@ def make_checkpoint(
 def compile_cmd(
     checkpoint: CheckpointOpt = "default",
     target: TargetOpt = "llvm",
-    batch_sizes: Annotated[str, typer.Option(help="compiled batch sizes")] = "1,8,32,64",
+    batch_sizes: BatchSizesOpt = _BATCH_SIZES,
     max_input_bytes: Annotated[int, typer.Option(help="longest input in bytes, '<lang>:' prefix and EOS included")] = 64,
     input_buckets: Annotated[str, typer.Option(help="input lengths to compile (default: 16, 32, ... up to max)")] = "",
     max_output_len: Annotated[int, typer.Option(help="decoder steps before a row counts as truncated")] = 64,
@@ -106,7 +110,7 @@ def transcribe(
     lang: Annotated[str, typer.Option(help="language code, e.g. eng-us, fra, cmn")] = "eng-us",
     checkpoint: CheckpointOpt = "default",
     target: TargetOpt = "llvm",
-    batch_sizes: Annotated[str, typer.Option()] = "1,8,32,64",
+    batch_sizes: BatchSizesOpt = _BATCH_SIZES,
     max_input_bytes: Annotated[int, typer.Option()] = 64,
     max_output_len: Annotated[int, typer.Option()] = 64,
     space_after_colon: SpaceOpt = False,

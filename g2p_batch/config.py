@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .decoding import DEFAULT_BATCH_SIZES
+
 __all__ = [
     "ActorGroup", "ConfigError", "JobError", "DEFAULT_LANG_LIST", "JobConfig", "TARGETS", "load_config",
     "read_lang_list", "resolve_actor_groups",
@@ -46,7 +48,7 @@ class JobConfig:
     lang: str | None = None
     checkpoint: str = "default"
     target: str = "auto"
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 64])
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
     input_buckets: list[int] = field(default_factory=lambda: [16, 24, 32, 48, 64])
     max_output_len: int = 64
     rows_per_shard: int = 50_000

@@ -8,6 +8,9 @@ from typing import Protocol
 
 import numpy as np
 
+DEFAULT_BATCH_SIZES = (1, 8, 32, 64)  # compiled unless told: single words up to the bench's 64
+
+
 
 @dataclass(frozen=True, order=True)
 class Bucket:

@@ -73,14 +73,14 @@ def prepare_tvm_engine(config, target: str) -> PreparedEngine:
     from . import artifacts, checkpoint
     from .tokenizer import PromptFormat
 
+    cp = checkpoint.load(config.checkpoint)
     directory = artifacts.ensure_artifacts(
         checkpoint=config.checkpoint, target=target, batch_sizes=list(config.batch_sizes),
         input_buckets=list(config.input_buckets), max_input_bytes=max(config.input_buckets),
         max_output_len=config.max_output_len,
         prompt=PromptFormat(space_after_colon=config.space_after_colon),
-        root=config.artifacts_dir, progress=config.progress)
-    blob = artifacts.pack(directory)
-    manifest = artifacts.verify_packed(blob, checkpoint.load(config.checkpoint).sha256, directory)
+        root=config.artifacts_dir, progress=config.progress, cp=cp)
+    blob, manifest = artifacts.pack(directory, cp.sha256)
     return PreparedEngine(
         spec=EngineSpec(target=target, blob=blob),
         languages=manifest.get("languages") or None,

@@ -1,5 +1,6 @@
 """The artifact cache across checkpoint updates: a set is keyed by checkpoint name, so retraining
-a checkpoint in place (as each new default does) must not leave stale weights behind."""
+a checkpoint in place (as each new default does), or another checkpoint of the same name, must
+never decode stale or foreign weights."""
 
 from __future__ import annotations
 
@@ -51,22 +52,33 @@ def test_another_architecture_under_the_same_name_is_an_error(tmp_path):
     assert str(out) in str(err.value)
 
 
-def test_packing_refuses_a_set_another_job_repacked(tmp_path):
-    """Two jobs, two checkpoints named alike, one artifacts root: the second re-packs the first's
-    params in place, and the first must not ship them under its own name."""
-    ck, root = tmp_path / "model", tmp_path / "artifacts"
+def test_same_named_checkpoints_share_a_set_and_each_job_packs_its_own_weights(tmp_path):
+    """Two jobs, two checkpoints named alike, one artifacts root: whichever weights the manifest
+    names last, each job's blob holds its own params (and no one else's), with a manifest that
+    says so; a file that no longer matches its manifest stops the packing."""
+    from safetensors.numpy import load_file
+
+    from g2p_batch.engines import unpack_cached
+    from g2p_batch.loader import build_params
+    from g2p_batch.shapes import T5Shape
+
+    ck, other = tmp_path / "model", tmp_path / "elsewhere" / "model"
     checkpoint.make("micro", 0, ck)
-    out = _ensure(ck, root)
-    mine = checkpoint.load(ck).sha256
-    artifacts.verify_packed(artifacts.pack(out), mine, out)
-
-    other = tmp_path / "elsewhere" / "model"
     checkpoint.make("micro", 1, other)
-    assert _ensure(other, root) == out
-    with pytest.raises(artifacts.ArtifactMismatch, match="its own --artifacts-dir"):
-        artifacts.verify_packed(artifacts.pack(out), mine, out)
-    artifacts.verify_packed(artifacts.pack(out), checkpoint.load(other).sha256, out)
+    out = _ensure(ck, root := tmp_path / "artifacts")
+    assert _ensure(other, root) == out  # the manifest now names the other weights
+    assert len(list(out.glob("params-*.safetensors"))) == 2 and not list(out.glob("*.tmp"))
 
-    (out / "params.safetensors").write_bytes(b"half-written")  # torn: not what the manifest says
-    with pytest.raises(artifacts.ArtifactMismatch, match="changed while this job packed them"):
-        artifacts.verify_packed(artifacts.pack(out), checkpoint.load(other).sha256, out)
+    for cp in (checkpoint.load(ck), checkpoint.load(other)):
+        blob, manifest = artifacts.pack(out, cp.sha256)
+        assert manifest["checkpoint"]["weights_sha256"] == cp.sha256
+        got = unpack_cached(blob, root=str(tmp_path / "cache"))
+        assert [p.name for p in got.glob("params-*")] == [artifacts.params_file(cp.sha256)]
+        assert _manifest(got) == manifest
+        params = load_file(str(got / manifest["params"]["path"]))
+        want = build_params(cp.weights, T5Shape.from_hf_config(cp.config), packed=True)
+        assert all((params[k] == want[k]).all() for k in want)
+
+    (out / _manifest(out)["buckets"][0]["path"]).write_bytes(b"half-written")
+    with pytest.raises(artifacts.ArtifactMismatch, match="does not match its manifest sha256"):
+        artifacts.pack(out, checkpoint.load(ck).sha256)

@@ -65,9 +65,12 @@ def test_tvm_engine_through_ray_matches_in_process(tmp_path):
 def test_unpack_cached_is_content_addressed(tmp_path):
     src = tmp_path / "set"
     (src / "b1").mkdir(parents=True)
-    (src / "manifest.json").write_text("{}")
     (src / "b1" / "model.so").write_bytes(b"\x7fELF")
-    blob = artifacts.pack(src)
+    (src / "p.safetensors").write_bytes(b"{}")
+    entry = lambda rel: {"path": rel, "sha256": artifacts.sha256_file(src / rel)}  # noqa: E731
+    (src / "manifest.json").write_text(json.dumps({"checkpoint": {"weights_sha256": "0" * 64},
+                                                   "params": entry("p.safetensors"), "buckets": [entry("b1/model.so")]}))
+    blob, _ = artifacts.pack(src)
     a = unpack_cached(blob, root=str(tmp_path / "cache"))
     b = unpack_cached(blob, root=str(tmp_path / "cache"))
     assert a == b and (a / "b1" / "model.so").read_bytes() == b"\x7fELF"

@@ -37,7 +37,7 @@ for sizes in 1,1024 4096; do
   g2p-batch compile --checkpoint $A/tiny8 --target cuda --batch-sizes $sizes --input-buckets 32,64 \
     --max-input-bytes 64 --max-output-len 32 --artifacts-dir $A/t8_$sizes
   cp -r $A/t8_$sizes/tiny8/cuda-sm_90 $C/gpu/tiny8_b${sizes//,/_}
-  rm $C/gpu/tiny8_b${sizes//,/_}/params.safetensors
+  rm $C/gpu/tiny8_b${sizes//,/_}/params-*.safetensors
 done
 rm -rf $A
 python tests/gpu/kernel_check.py build $C/kc  # the hand-scheduled kernels alone, checked first there
