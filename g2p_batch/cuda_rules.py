@@ -53,13 +53,19 @@ class Tile:
 STOCK = Tile(8, 16, 4, 4, k=16, vector=2)  # dlight's own CUDA config: 32 x 64
 TILE_64x64 = Tile(16, 8, 4, 8)              # 128 threads, 32 outputs each
 TILE_64x128 = Tile(16, 16, 4, 8)            # 256 threads, 32 outputs each
-CANDIDATES = (  # what tests/gpu/dense_variants.py times
+CANDIDATES = (  # what tests/gpu/dense_variants.py times: the picks, and tiles not timed yet
     STOCK,
     TILE_64x64,
     TILE_64x128,
-    Tile(16, 16, 8, 8, k=8),                # 128 x 128, 64 outputs each: bank conflicts, 12 TFLOP/s
-    Tile(16, 16, 4, 4, 2, 2, k=8),          # 128 x 128 as 2x2 virtual threads
-    Tile(8, 16, 8, 4, k=16),                # 64 x 64, 8 rows per thread: 7 TFLOP/s
+    # added after the session-7 GPU calls: each thread's outputs strided by the thread block
+    # (virtual threads of one output each), so a warp's lanes read consecutive shared rows,
+    # which a row stride of 17 floats puts in distinct banks. Session 7 timed three more tiles
+    # and dropped them (PERF.md, change 16): 128x128 with 8x8 contiguous outputs per thread
+    # (1.6-12 TFLOP/s), 128x128 as 2x2 virtual threads (up to 20), 64x64 with 8x4 (7).
+    Tile(16, 16, 1, 1, 8, 8, k=16, vector=1),  # 128 x 128, 8x8 outputs per thread
+    Tile(16, 16, 1, 1, 8, 8, k=16, vector=4),  # the same, float4 global loads (row stride 20)
+    Tile(16, 16, 1, 1, 4, 8, k=16, vector=1),  # 64 x 128
+    Tile(16, 8, 1, 1, 4, 8, k=16, vector=1),   # 64 x 64
 )
 ENCODER_ROWS = 16384  # the packed encoder's rows are only known at run time: ~900 words' tokens
 

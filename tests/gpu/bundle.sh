@@ -4,7 +4,8 @@
 # Run from the repo root on the build machine (no GPU needed): it needs TVM, pip and ../shared.
 #   bash tests/gpu/bundle.sh            then, through the device tool:
 #   run(command="OUT=$OUT bash tests/gpu/device_run.sh", carry=[".carry"])
-# About 45 MB: the 64 MiB a device call carries leaves room for the repo itself.
+# About 45 MB (66 with WITH_TRAIN=1: then leave .carry/dv out of the carry list, or delete it):
+# the 64 MiB a device call carries must leave room for the repo itself.
 set -euo pipefail
 DATA=${G2P_DATA:-../shared/charsiug2p-data}/data
 PYV=${PYV:-3.12}   # the node's python3 (3.12 on the lent H100/H200 image)
@@ -20,9 +21,12 @@ python -m pip download -q --no-deps --only-binary=:all: --python-version $PYV --
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
   -d $C/whl "apache-tvm-ffi==$FFI"
 
-# data: the test split as is, train and dev (76 MB of text) compressed for the training stage
+# data: the test split as is; with WITH_TRAIN=1 also train and dev (76 MB of text, 21 MB
+# compressed) for device_run.sh's TRAIN_MINUTES stage
 cp -r "$DATA/test" $C/data/
-(cd "$DATA" && tar cf - train dev) | xz -T0 -6 > $C/data/train_dev.tar.xz
+if [ "${WITH_TRAIN:-0}" = 1 ]; then
+  (cd "$DATA" && tar cf - train dev) | xz -T0 -6 > $C/data/train_dev.tar.xz
+fi
 
 # CUDA artifact sets, cross-compiled here. Each keeps its params file: load_engine checks it
 # against the manifest unless weights come from --checkpoint.
@@ -41,4 +45,5 @@ for sizes in 1,1024 4096; do
 done
 rm -rf $A
 python tests/gpu/kernel_check.py build $C/kc  # the hand-scheduled kernels alone, checked first there
+python tests/gpu/dense_variants.py build $C/dv  # the candidate dense tiles, timed last there
 du -sh $C

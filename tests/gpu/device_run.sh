@@ -4,7 +4,8 @@
 # GPU benches on an otherwise idle GPU. Each step has its own timeout; everything is logged to
 # $OUT/log.txt, and results land in $OUT (the device tool returns at most 8 files).
 #   TRAIN_MINUTES=4.6  also continue the default checkpoint's training for that long (the
-#                      MODEL_CARD's stage 4); its weights come back as $OUT/model.safetensors
+#                      MODEL_CARD's stage 4; bundle with WITH_TRAIN=1); its weights come back
+#                      as $OUT/model.safetensors
 set -u
 export PYTHONUNBUFFERED=1 TVM_USE_RUNTIME_LIB=1
 TRAIN_MINUTES=${TRAIN_MINUTES:-0}
@@ -64,4 +65,8 @@ timeout 95 $G2P bench $common --artifacts .carry/gpu/tiny8_b4096 --words 40960 -
 t "profile, batch 1024"
 timeout 60 $G2P bench $common --artifacts .carry/gpu/tiny8_b1_1024 --words 20480 --batch 1024 --engines tvm \
     --profile --out /tmp/prof | head -40 && cp /tmp/prof/profile.json "$OUT/profile.json"
+if [ -d .carry/dv ]; then
+  t "dense tiles"  # every candidate of g2p_batch/cuda_rules.py on tiny_8's shapes, checked and timed
+  timeout 150 python3 tests/gpu/dense_variants.py run .carry/dv "$OUT/dense_variants.json" | tail -20
+fi
 t done
