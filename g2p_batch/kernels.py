@@ -2,8 +2,9 @@
 
 TVM's default CPU pipeline applies no schedules (a dense layer ran at 0.6 GFLOP/s here), and
 MetaSchedule is slow to tune on 2 cores and crashes with the pinned tvm-ffi, so the dense layers
-and attention are written here as TE computes with explicit schedules. On CUDA the same
-computes are left unscheduled and the dlight GPU rules schedule them in the pipeline.
+and attention are written here as TE computes with explicit schedules. On CUDA, attention and
+the greedy head get hand schedules of their own (`_sched_*_gpu`); the rest is left to the dlight
+rules of `cuda_rules`.
 
 Layouts chosen for the schedules:
 - dense weights are packed `[N/16, K, 16]` on CPU (a 16-wide column strip is contiguous, so the
@@ -339,10 +340,10 @@ def _sched_fused_attention(dk: int, vec: int, transpose: str | None = None):
 
 
 def _sched_attention_gpu(dk: int, keys: int, inline: tuple = ()):
-    """One block per query row, one warp per head: the GPU twin of `_sched_fused_attention`. Lanes take key
-    positions for the scores (reading the transposed keys coalesced), combine max and sum across
-    the warp, then take output columns for the weighted sum (values read coalesced); scores and
-    weights stay in shared memory. Left to dlight's fallback, each stage was its own kernel over
+    """One block per query row, one warp per head: the GPU twin of `_sched_fused_attention`.
+    Lanes take key positions for the scores (reading the transposed keys coalesced), combine max
+    and sum across the warp, then take output columns for the weighted sum (values read
+    coalesced); scores and weights stay in shared memory. Left to dlight's fallback, each stage was its own kernel over
     global buffers, and the max and sum stages ran on 6 blocks: 1.1 ms per encoder layer and
     66-110 us per decoder attention at B=1024 on an H200."""
     lanes = next(f for f in (32, 16, 8, 4, 2, 1) if keys % f == 0 and dk % f == 0)
