@@ -467,7 +467,8 @@ def greedy_head(B: int, V: int, tgt: KernelTarget):
                     _, v1 = sch.split(v_, [None, 16])
                     sch.vectorize(sch.get_loops(sch.rfactor(v1, 0))[-1])
     else:
-        sched = _sched_row_reductions_gpu(("mx", "idx", "z"), ("ids", "logp"))
+        lanes = next(f for f in (32, 16, 8, 4, 2, 1) if V % f == 0)  # no ragged last column block
+        sched = _sched_row_reductions_gpu(("mx", "idx", "z"), ("ids", "logp"), lanes)
     return _finish([x, ids, logp], sched)
 
 
