@@ -194,7 +194,7 @@ def _bar(total, desc, enabled):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.json.tmp")  # two jobs may write one manifest
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     tmp.replace(path)
 

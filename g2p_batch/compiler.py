@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from pathlib import Path
 
 from . import kernels as K
@@ -34,7 +35,7 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
     ex = tvm.compile(mod, tgt)
     log.debug("b%d_in%d_out%d: compiled (%.1fs)", B, L, T, time.perf_counter() - t0)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".so.tmp")
+    tmp = out_path.with_suffix(f".{uuid.uuid4().hex}.so.tmp")  # two jobs may build one bucket
     ex.export_library(str(tmp))
     tmp.replace(out_path)
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
