@@ -105,10 +105,10 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
 
     Compiles only the buckets that are missing. New weights for the same architecture (a
     retrained checkpoint under the same name) get a params file of their own and keep the
-    compiled buckets, which take the weights as arguments. Cached artifacts for another architecture, target,
-    output length or TVM are an error that names each difference (delete the folder or pass
-    another --artifacts-dir). `cp`: `req.checkpoint` already loaded, so its weights are hashed
-    once per job."""
+    compiled buckets, which take the weights as arguments. Cached artifacts for another
+    architecture, target, output length or TVM are an error that names each difference (delete
+    the folder or pass another --artifacts-dir). `cp`: `req.checkpoint` already loaded, so its
+    weights are hashed once per job."""
     from . import checkpoint as ckpt
     from .compiler import build_bucket
     from .shapes import T5Shape
