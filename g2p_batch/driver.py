@@ -246,15 +246,22 @@ class _Pool:
                 ray.kill(slot.actor, no_restart=True)
 
     def _fill(self) -> None:
-        """Give pending shards to idle actors; start actors for what is left over."""
+        """Give pending shards to idle actors; start actors for what is left over.
+
+        CPU actors wait while a GPU actor is starting: Ray may place a CPU actor on a GPU node,
+        and if it takes the CPU a GPU actor needs there, the GPU actor never starts and the job
+        waits for it forever (seen as a hang of the two-node test in CI runs)."""
         for slot in self.slots:
             if self.pending and slot.state == "idle":
                 shard = self.pending.popleft()
                 self.inflight[slot.actor.process.remote(shard, self.settings)] = (slot, shard)
                 slot.state = "busy"
         unclaimed = len(self.pending) - sum(s.state == "starting" for s in self.slots)
-        for slot in self.slots:
+        for slot in self.slots:  # GPU slots come first (resolve_actor_groups)
+            gpu_starting = any(s.state == "starting" and s.group.kind == "gpu" for s in self.slots)
             if unclaimed > 0 and slot.state == "dead" and not slot.retired:
+                if slot.group.kind == "cpu" and gpu_starting:
+                    break
                 self._start(slot)
                 unclaimed -= 1
 

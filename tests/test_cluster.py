@@ -29,11 +29,43 @@ def two_nodes():
 @pytest.mark.slow
 def test_mixed_job_on_two_nodes(two_nodes, tmp_path):
     expected = job_inputs(tmp_path)
+    # CPU actors start once the GPU actor is up (see the test below), so decoding is slowed
+    # enough that the GPU actor cannot take every shard while the CPU actor starts
     report = run_job(job_config(tmp_path, target="mixed", rows_per_shard=10),
-                     engine_factory=functools.partial(prepare_fake_engine, delay_s=0.05))
+                     engine_factory=functools.partial(prepare_fake_engine, delay_s=0.15))
     assert report.ok and report.shards_committed == report.shards_planned == 11
     targets = {a["target"] for a in report.actors.values()}
     nodes = {a["node"] for a in report.actors.values()}
     assert targets == {"llvm", "cuda"} and len(nodes) == 2
     assert sum(a["rows"] for a in report.actors.values()) == expected.num_rows
     check_output(expected, tmp_path / "out")
+
+
+def test_cpu_actors_wait_while_a_gpu_actor_starts():
+    """No Ray here: the pool's start order alone. A CPU actor started beside a starting GPU
+    actor may land on the GPU's node and take the CPU the GPU actor needs there; then the GPU
+    actor never starts and the job waits forever (the two-node test above hung so in a CI run)."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from g2p_batch.config import ActorGroup
+    from g2p_batch.driver import _Pool, _Slot
+
+    pool = _Pool.__new__(_Pool)
+    gpu, cpu = ActorGroup("cuda", 1, 1, 1, 1), ActorGroup("llvm", 2, 1, 0, 1)
+    pool.slots = [_Slot(gpu, 0), _Slot(cpu, 0), _Slot(cpu, 1)]
+    pool.pending, pool.inflight, pool.settings = deque(range(6)), {}, None
+    started = []
+
+    def start(slot):
+        started.append((slot.group.kind, slot.index))
+        slot.state = "starting"
+        slot.actor = SimpleNamespace(process=SimpleNamespace(remote=lambda *a: object()))
+    pool._start = start
+
+    pool._fill()
+    assert started == [("gpu", 0)]
+    pool.slots[0].state = "idle"  # the GPU actor is up, on its node's CPU
+    pool._fill()
+    assert started == [("gpu", 0), ("cpu", 0), ("cpu", 1)]
+    assert pool.slots[0].state == "busy"
