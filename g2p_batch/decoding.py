@@ -11,7 +11,6 @@ import numpy as np
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)  # compiled unless told: single words up to the bench's 64
 
 
-
 @dataclass(frozen=True, order=True)
 class Bucket:
     """One compiled shape: `batch` rows of `input_len` byte ids (prefix and EOS included)."""
