@@ -15,8 +15,9 @@ from .shapes import T5Shape, step_function_name, step_windows
 log = logging.getLogger("g2p_batch.compile")
 
 
-def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path: Path, dump_ir: Path | None = None):
-    """Build and export one bucket; returns the list of VM functions it holds."""
+def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir: Path | None = None):
+    """One bucket's model, scheduled (hand schedules, plus dlight's rules on GPUs) and compiled;
+    returns the executable, not yet exported."""
     import tvm
     from tvm.s_tir import dlight as dl
 
@@ -34,10 +35,16 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
             mod = dl.ApplyDefaultSchedule(*cuda_rules.rules())(mod)
     ex = tvm.compile(mod, tgt)
     log.debug("b%d_in%d_out%d: compiled (%.1fs)", B, L, T, time.perf_counter() - t0)
+    return ex
+
+
+def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path: Path, dump_ir: Path | None = None):
+    """Build and export one bucket; returns the list of VM functions it holds."""
+    t0 = time.perf_counter()
+    ex = compile_bucket(shape, B, L, T, target, dump_ir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(f".{uuid.uuid4().hex}.so.tmp")  # two jobs may build one bucket
     ex.export_library(str(tmp))
     tmp.replace(out_path)
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
     return ["encode"] + [step_function_name(T, w) for w in step_windows(T)]
-

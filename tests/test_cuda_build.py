@@ -29,20 +29,13 @@ def test_cuda_kernels_compile_without_spills(tmp_path):
     import re
     import subprocess
 
-    import tvm
-    from tvm.s_tir import dlight as dl
-
-    from g2p_batch import cuda_rules, kernels as K, targets
+    from g2p_batch import targets
     from g2p_batch.archs import resolve_arch
-    from g2p_batch.model import build_module
+    from g2p_batch.compiler import compile_bucket
     from g2p_batch.shapes import T5Shape
 
     shape = T5Shape.from_hf_config(resolve_arch("micro"))
-    mod, _ = build_module(shape, 8, 64, 24, K.KernelTarget("gpu"))
-    tgt = tvm.target.Target(targets.cuda_target(), host=targets.cpu_target())
-    with tgt:
-        mod = dl.ApplyDefaultSchedule(*cuda_rules.rules())(mod)
-    lib = tvm.compile(mod, tgt).mod
+    lib = compile_bucket(shape, 8, 64, 24, targets.cuda_target()).mod  # what `compile` exports
 
     def cuda_source(m):
         for sub in m.imports:
