@@ -219,18 +219,22 @@ def pack(path: str | Path, weights_sha256: str | None = None) -> tuple[bytes, di
     same-named checkpoint packed its own since); the manifest inside says so."""
     path = Path(path)
     manifest = read_manifest(path)
+    unrecorded = None  # this job's params file when the manifest names another's: no sha256 yet
     if weights_sha256 and manifest["checkpoint"]["weights_sha256"] != weights_sha256:
         name = params_file(weights_sha256)
         if not (path / name).exists():
             raise ArtifactMismatch(f"{path} holds no params for weights {weights_sha256[:12]}...; "
                                    f"run the compile step for this checkpoint first")
         manifest["checkpoint"] = {**manifest["checkpoint"], "weights_sha256": weights_sha256}
-        manifest["params"] = {"path": name, "sha256": sha256_file(path / name)}
+        manifest["params"] = unrecorded = {"path": name}  # hashed below, as it is packed
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for entry in [manifest["params"]] + manifest["buckets"]:
             data = (path / entry["path"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            digest = hashlib.sha256(data).hexdigest()
+            if entry is unrecorded:  # named by its weights and never rewritten: nothing to check
+                entry["sha256"] = digest
+            if digest != entry["sha256"]:
                 raise ArtifactMismatch(f"{path / entry['path']} does not match its manifest sha256; "
                                        f"remove {path} to rebuild the artifacts")
             _add(tar, entry["path"], data)
