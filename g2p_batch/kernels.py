@@ -16,6 +16,7 @@ Layouts chosen for the schedules:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import te, tirx
@@ -60,6 +61,9 @@ def _finish(tensors, sched):
     sch = s_tir.Schedule(func)
     sched(sch)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+_LANES = (32, 16, 8, 4, 2, 1)  # a GPU warp's lanes, or fewer that divide the extent
 
 
 def _divisor(n, options=(4, 2, 1)) -> int:
@@ -346,7 +350,7 @@ def _sched_attention_gpu(dk: int, keys: int, inline: tuple = ()):
     coalesced); scores and weights stay in shared memory. Left to dlight's fallback, each stage was its own kernel over
     global buffers, and the max and sum stages ran on 6 blocks: 1.1 ms per encoder layer and
     66-110 us per decoder attention at B=1024 on an H200."""
-    lanes = next(f for f in (32, 16, 8, 4, 2, 1) if keys % f == 0 and dk % f == 0)
+    lanes = _divisor(math.gcd(keys, dk), _LANES)
 
     def sched(sch):
         for name in inline:
@@ -467,7 +471,7 @@ def greedy_head(B: int, V: int, tgt: KernelTarget):
                     _, v1 = sch.split(v_, [None, 16])
                     sch.vectorize(sch.get_loops(sch.rfactor(v1, 0))[-1])
     else:
-        lanes = next(f for f in (32, 16, 8, 4, 2, 1) if V % f == 0)  # no ragged last column block
+        lanes = _divisor(V, _LANES)  # no ragged last column block
         sched = _sched_row_reductions_gpu(("mx", "idx", "z"), ("ids", "logp"), lanes)
     return _finish([x, ids, logp], sched)
 
