@@ -1,20 +1,23 @@
 """The dlight rules that schedule the CUDA build, with the dense tile picked per shape.
 
 dlight's stock CUDA matmul tile is 32x64 with 4x4 outputs per thread. On an H200 it ran tiny_8's
-dense layers at 9-15 TFLOP/s, alone, a small share of the fp32 peak (about 67). Larger
-tiles help the encoder's many rows; the decoder's 1,024-row layers need the stock tile's many
-blocks. So `pick_tile` chooses per kernel from the output size, by session 7's measurements:
-1.0-1.4x the stock tile, at most about 20 TFLOP/s. More work per thread did not pay: dlight
-keeps both operands in shared memory as [row][k], and a thread's contiguous rows land on one
-bank (PERF.md, change 16).
+dense layers at 9-15 TFLOP/s, alone, a small share of the fp32 peak (about 67). Larger dlight
+tiles helped by 1.0-1.4x at most: dlight keeps both operands in shared memory as [row][k], so a
+thread's contiguous rows land on one bank, and more work per thread does not pay (PERF.md,
+change 16). `Gemm` is the textbook fp32 GEMM instead: both operands stored transposed
+([k][row]) in shared memory, each thread reading float4 columns of them into registers and
+keeping an 8x8 (or smaller) tile of outputs there. `pick_tile` chooses per kernel from the
+output size, by measurements on an H200.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import tirx
+from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu import matmul as dlm
 
 
 @dataclass(frozen=True)
@@ -50,41 +53,77 @@ class Tile:
                                     use_shared=True, storage_align=True, inner_x=False)
 
 
+@dataclass(frozen=True)
+class Gemm:
+    """A hand-scheduled GEMM tile: `ty` x `tx` threads, the lanes (tx) over output columns.
+    Each thread keeps `mx` contiguous rows by `vy` groups of `my` contiguous columns, the groups
+    `tx * my` apart, so a warp's float4 reads of the transposed weight tile are contiguous (no
+    bank conflicts) and its stores coalesce. `k` columns of x and w are staged in shared memory
+    per step (rows padded by `pad` floats); `pipeline` double-buffers them."""
+    ty: int = 16
+    tx: int = 16
+    mx: int = 8
+    vy: int = 2
+    my: int = 4
+    k: int = 8
+    pad: int = 4
+    pipeline: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.ty * self.mx
+
+    @property
+    def cols(self) -> int:
+        return self.tx * self.my * self.vy
+
+    @property
+    def name(self) -> str:
+        return (f"g{self.rows}x{self.cols}_t{self.ty}x{self.tx}_m{self.mx}x{self.vy}x{self.my}_k{self.k}"
+                + ("_pipe" if self.pipeline else ""))
+
+
 STOCK = Tile(8, 16, 4, 4, k=16, vector=2)  # dlight's own CUDA config: 32 x 64
 TILE_64x64 = Tile(16, 8, 4, 8)              # 128 threads, 32 outputs each
 TILE_64x128 = Tile(16, 16, 4, 8)            # 256 threads, 32 outputs each
-CANDIDATES = (  # what tests/gpu/dense_variants.py times: the picks, and tiles not timed yet
+GEMM_128 = Gemm(16, 16, 8, 2, 4, k=8, pipeline=True)  # 128 x 128, 256 threads, 64 outputs each
+GEMM_128x64 = Gemm(16, 16, 8, 1, 4, k=8)                # 256 threads, 32 outputs each
+GEMM_64 = Gemm(16, 16, 4, 1, 4, k=16)                   # 64 x 64, 256 threads, 16 outputs each
+GEMM_32x64 = Gemm(8, 16, 4, 1, 4, k=16)                 # 128 threads, 16 outputs each
+CANDIDATES = (  # what tests/gpu/dense_variants.py times against each other (session 8's set)
     STOCK,
     TILE_64x64,
     TILE_64x128,
-    # added after the session-7 GPU calls: each thread's outputs strided by the thread block
-    # (virtual threads of one output each), so a warp's lanes read consecutive shared rows,
-    # which a row stride of 17 floats puts in distinct banks. Session 7 timed three more tiles
-    # and dropped them (PERF.md, change 16): 128x128 with 8x8 contiguous outputs per thread
-    # (1.6-12 TFLOP/s), 128x128 as 2x2 virtual threads (up to 20), 64x64 with 8x4 (7).
-    Tile(16, 16, 1, 1, 8, 8, k=16, vector=1),  # 128 x 128, 8x8 outputs per thread
-    Tile(16, 16, 1, 1, 8, 8, k=16, vector=4),  # the same, float4 global loads (row stride 20)
-    Tile(16, 16, 1, 1, 4, 8, k=16, vector=1),  # 64 x 128
-    Tile(16, 8, 1, 1, 4, 8, k=16, vector=1),   # 64 x 64
+    Gemm(16, 16, 8, 2, 4, k=8),
+    GEMM_128,
+    Gemm(16, 16, 8, 2, 4, k=16),
+    GEMM_128x64,
+    Gemm(16, 16, 4, 2, 4, k=16),                # 64 x 128
+    Gemm(8, 16, 8, 1, 4, k=16),                 # 64 x 64, 128 threads, 32 outputs each
+    GEMM_64,
+    GEMM_32x64,
 )
 ENCODER_ROWS = 16384  # the packed encoder's rows are only known at run time: ~900 words' tokens
 
 
-def pick_tile(rows: int | None, cols: int) -> Tile:
-    """Measured on an H200 (session 7, tiny_8's dense shapes at 1,024, 4,096 and 18,432 rows):
-    small outputs need the stock tile's many blocks; up to a few million outputs the 64x64 tile
-    wins (1.0-1.3x stock); wide or large outputs take 64x128 (1.2-1.3x stock)."""
+def pick_tile(rows: int | None, cols: int) -> "Tile | Gemm":
+    """Measured on an H200 (session 8, `dense_variants.py` on tiny_8's shapes at 1,024, 4,096
+    and 18,432 rows), where each pick was the fastest tile or within 10% of it: the fewer the
+    outputs, the smaller the tile, so that there are blocks for every SM; 256-column outputs
+    keep 64x64 even at 18k rows (28 TFLOP/s, against 22-24 for 128x128)."""
     outputs = (rows or ENCODER_ROWS) * cols
     if outputs < 300_000:
-        return STOCK
-    if cols >= 2048 or outputs >= 6_000_000:
-        return TILE_64x128
-    return TILE_64x64
+        return GEMM_32x64
+    if cols <= 256 or outputs < 2_000_000:
+        return GEMM_64
+    if outputs < 6_000_000:
+        return GEMM_128x64
+    return GEMM_128
 
 
 class TiledMatmul(dl.gpu.Matmul):
-    """dlight's Matmul with the tile chosen per kernel by `pick` (a function of the row count,
-    None when dynamic, and the output width)."""
+    """dlight's Matmul, or `Gemm`'s schedule, with the tile chosen per kernel by `pick` (a
+    function of the row count, None when dynamic, and the output width)."""
 
     def __init__(self, pick):
         super().__init__()
@@ -92,12 +131,66 @@ class TiledMatmul(dl.gpu.Matmul):
         self._tile = STOCK
 
     def apply(self, func, target, tunable):
-        if isinstance(func, tirx.PrimFunc):
-            self._tile = self._pick(*_rows_cols(func))
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        self._tile = self._pick(*_rows_cols(func))
+        if isinstance(self._tile, Gemm):
+            return _schedule_gemm(func, target, self._tile) if self.is_target_available(target) else None
         return super().apply(func, target, tunable)
 
     def get_configs(self, target):
         return self._tile.config()
+
+
+def _schedule_gemm(func: "tirx.PrimFunc", target, g: Gemm):
+    """C[b, i, j] = sum_k A[b, i, k] * B[b, j, k], dlight's normal form, scheduled as `g`."""
+    sch = s_tir.Schedule(func)
+    reductions = dlm.get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
+    if reductions is None or not dlm.get_index_map(sch.get(reductions[0])):
+        return None
+    main = reductions[0]
+    reindexed = [sch.reindex(main, ("read", 0)), sch.reindex(main, ("read", 1)), sch.reindex(main, ("write", 0))]
+    matmul_map, *maps = dlm.get_index_map(sch.get(main))
+    for blk, io, index_map in zip(reindexed, ("write", "write", "read"), maps):
+        sch.transform_layout(blk, (io, 0), index_map)
+    sch.transform_block_layout(main, matmul_map)
+
+    sch.pad_einsum(main, [1, g.rows, g.cols, g.k])  # the encoder's rows: predicated, not padded
+    batch, x, y, k = sch.get_loops(main)
+    bx, ty, xi = sch.split(x, [None, g.ty, g.mx])
+    by, vy, tx, yi = sch.split(y, [None, g.vy, g.tx, g.my])
+    ko, ki = sch.split(k, [None, g.k])
+    sch.reorder(batch, bx, by, vy, ty, tx, ko, ki, xi, yi)
+    sch.bind(sch.fuse(batch, bx), "blockIdx.y")
+    sch.bind(by, "blockIdx.x")
+    sch.bind(vy, "vthread.x")
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.annotate(tx, "pragma_auto_unroll_max_step", 256)
+    sch.annotate(tx, "pragma_unroll_explicit", 1)
+    out = sch.cache_write(main, 0, "local")
+    sch.reverse_compute_at(out, tx, preserve_unit_loops=True)
+    sch.vectorize(sch.split(sch.get_loops(out)[-1], [None, 4])[1])
+    for operand in (0, 1):
+        shared = sch.cache_read(main, operand, "shared")
+        n = len(sch.get_loops(shared))
+        sch.compute_at(shared, ko, preserve_unit_loops=True)
+        fty, ftx, _, vec = sch.split(sch.fuse(*sch.get_loops(shared)[-n:]), [g.ty, g.tx, None, 4])
+        sch.vectorize(vec)  # float4 global reads along k; stored transposed, one float at a time
+        sch.bind(fty, "threadIdx.y")
+        sch.bind(ftx, "threadIdx.x")
+        sch.transform_layout(shared, ("write", 0), lambda b, i, kk: (b, kk, i))
+        sch.storage_align(shared, 0, axis=1, factor=32, offset=g.pad)
+        dlm.auto_inline_producers(sch, shared)
+        regs = sch.cache_read(main, operand, "local")
+        sch.compute_at(regs, ki, preserve_unit_loops=True)
+        sch.vectorize(sch.split(sch.get_loops(regs)[-1], [None, 4])[1])  # float4 shared reads
+    dlm.auto_inline_consumer_chain(sch, out)
+    if g.pipeline:
+        sch.annotate(ko, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(ko, "software_pipeline_order", [0, 1, 2])
+    sch.decompose_reduction(main, ko)
+    return sch
 
 
 def _rows_cols(func: "tirx.PrimFunc") -> tuple[int | None, int]:
@@ -106,7 +199,7 @@ def _rows_cols(func: "tirx.PrimFunc") -> tuple[int | None, int]:
     return (int(m) if isinstance(m, tirx.IntImm) else None), int(n)
 
 
-def fixed(tile: Tile):
+def fixed(tile: "Tile | Gemm"):
     return lambda rows, cols: tile
 
 

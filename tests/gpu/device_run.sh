@@ -36,6 +36,11 @@ fi
 t "kernel check"  # which hand-scheduled kernel is wrong, if one is, before the model-level tests
 timeout 60 python3 tests/gpu/kernel_check.py run .carry/kc
 
+if [ -d .carry/dv ]; then
+  t "dense tiles"  # every candidate of g2p_batch/cuda_rules.py on tiny_8's shapes, checked and timed
+  timeout 200 python3 tests/gpu/dense_variants.py run .carry/dv "$OUT/dense_variants.json" | tail -20
+fi
+
 t "tests/gpu"
 # the bench's seeded tiny_8 (the same bytes as the one its sets were compiled from)
 $G2P make-checkpoint --arch tiny_8 --seed 0 /tmp/tiny8 >/dev/null
@@ -51,22 +56,18 @@ if [ "$TRAIN_MINUTES" != 0 ]; then
 fi
 
 common="--device cuda --checkpoint /tmp/tiny8 --data /tmp/data/data/test --threads 16 --cache-dir /tmp/bc"
-if [ -d .carry/gpu_old/tiny8_b1_1024 ]; then  # an older build of the same set, for a before/after
-  t "bench tiny_8, batch 1024, previous build (TVM only)"
-  timeout 90 $G2P bench $common --artifacts .carry/gpu_old/tiny8_b1_1024 --words 20480 --batch 1024 \
-      --engines tvm --latency-runs 10 --out /tmp/b1024_old && cp /tmp/b1024_old/bench.json "$OUT/b1024_old.json"
-fi
 t "bench tiny_8, batch 1024"
 timeout 150 $G2P bench $common --artifacts .carry/gpu/tiny8_b1_1024 --words 20480 --batch 1024 \
     --engines tvm,transformers --latency-runs 10 --out /tmp/b1024 && cp /tmp/b1024/bench.json "$OUT/b1024.json"
 t "bench tiny_8, batch 4096 (no batch-1 module, so no latency)"
 timeout 95 $G2P bench $common --artifacts .carry/gpu/tiny8_b4096 --words 40960 --batch 4096 \
     --engines tvm,transformers --latency-runs 2 --out /tmp/b4096 && cp /tmp/b4096/bench.json "$OUT/b4096.json"
+if [ -d .carry/gpu_old/tiny8_b1_1024 ]; then  # an older build of the same set, for a before/after
+  t "bench tiny_8, batch 1024, previous build (TVM only)"
+  timeout 90 $G2P bench $common --artifacts .carry/gpu_old/tiny8_b1_1024 --words 20480 --batch 1024 \
+      --engines tvm --latency-runs 10 --out /tmp/b1024_old && cp /tmp/b1024_old/bench.json "$OUT/b1024_old.json"
+fi
 t "profile, batch 1024"
 timeout 60 $G2P bench $common --artifacts .carry/gpu/tiny8_b1_1024 --words 20480 --batch 1024 --engines tvm \
     --profile --out /tmp/prof | head -40 && cp /tmp/prof/profile.json "$OUT/profile.json"
-if [ -d .carry/dv ]; then
-  t "dense tiles"  # every candidate of g2p_batch/cuda_rules.py on tiny_8's shapes, checked and timed
-  timeout 150 python3 tests/gpu/dense_variants.py run .carry/dv "$OUT/dense_variants.json" | tail -20
-fi
 t done
