@@ -28,22 +28,38 @@ if [ "${WITH_TRAIN:-0}" = 1 ]; then
   (cd "$DATA" && tar cf - train dev) | xz -T0 -6 > $C/data/train_dev.tar.xz
 fi
 
-# CUDA artifact sets, cross-compiled here. Each keeps its params file: load_engine checks it
-# against the manifest unless weights come from --checkpoint.
-A=$(mktemp -d)
-g2p-batch make-checkpoint --arch micro --seed 0 $C/gpu/cuda_set/checkpoint
-g2p-batch compile --checkpoint $C/gpu/cuda_set/checkpoint --target cuda --batch-sizes 8 --input-buckets 32,64 \
-  --max-input-bytes 64 --max-output-len 24 --artifacts-dir $A/micro
-cp -r $A/micro/checkpoint/cuda-sm_90 $C/gpu/cuda_set/artifacts
-# the bench's tiny_8 sets take the node's own seeded weights (--checkpoint), so no params travel
-g2p-batch make-checkpoint --arch tiny_8 --seed 0 $A/tiny8
-for sizes in 1,1024 4096; do
-  g2p-batch compile --checkpoint $A/tiny8 --target cuda --batch-sizes $sizes --input-buckets 32,64 \
-    --max-input-bytes 64 --max-output-len 32 --artifacts-dir $A/t8_$sizes
-  cp -r $A/t8_$sizes/tiny8/cuda-sm_90 $C/gpu/tiny8_b${sizes//,/_}
-  rm $C/gpu/tiny8_b${sizes//,/_}/params-*.safetensors
-done
-rm -rf $A
+# CUDA artifact sets, cross-compiled here by the code of git revision $2 (the working tree when
+# empty) into $1. Each keeps its params file: load_engine checks it against the manifest
+# unless weights come from --checkpoint.
+sets() {
+  local dest=$1 rev=${2:-} src=$PWD A
+  A=$(mktemp -d)
+  if [ -n "$rev" ]; then src=$A/src && git worktree add -q --detach "$src" "$rev"; fi
+  local G2P="env PYTHONPATH=$src python -P -m g2p_batch.cli"  # -P: not the cwd's g2p_batch
+  mkdir -p $dest
+  $G2P make-checkpoint --arch micro --seed 0 $dest/cuda_set/checkpoint
+  $G2P compile --checkpoint $dest/cuda_set/checkpoint --target cuda --batch-sizes 8 --input-buckets 32,64 \
+    --max-input-bytes 64 --max-output-len 24 --artifacts-dir $A/micro
+  cp -r $A/micro/checkpoint/cuda-sm_90 $dest/cuda_set/artifacts
+  # the bench's tiny_8 sets take the node's own seeded weights (--checkpoint), so no params travel
+  $G2P make-checkpoint --arch tiny_8 --seed 0 $A/tiny8
+  for sizes in 1,1024 4096; do
+    $G2P compile --checkpoint $A/tiny8 --target cuda --batch-sizes $sizes --input-buckets 32,64 \
+      --max-input-bytes 64 --max-output-len 32 --artifacts-dir $A/t8_$sizes
+    cp -r $A/t8_$sizes/tiny8/cuda-sm_90 $dest/tiny8_b${sizes//,/_}
+    rm $dest/tiny8_b${sizes//,/_}/params-*.safetensors
+  done
+  if [ -n "$rev" ]; then git worktree remove --force "$src"; fi
+  rm -rf $A
+}
+sets $C/gpu
+# FALLBACK_REV=<rev>: that revision's sets too, which device_run.sh switches to when the kernel
+# check fails (a new kernel that is wrong then costs the parity tests, not the benches)
+if [ -n "${FALLBACK_REV:-}" ]; then sets $C/gpu_fb "$FALLBACK_REV"; fi
+# OLD_REV=<rev>: that revision's batch-1024 set, benched beside the new one for a before/after
+if [ -n "${OLD_REV:-}" ]; then sets $C/old "$OLD_REV" && mkdir -p $C/gpu_old \
+  && mv $C/old/tiny8_b1_1024 $C/gpu_old/ && rm -rf $C/old; fi
 python tests/gpu/kernel_check.py build $C/kc  # the hand-scheduled kernels alone, checked first there
-python tests/gpu/dense_variants.py build $C/dv  # the candidate dense tiles, timed last there
+# NO_DENSE=1: without the candidate dense tiles (timed last there)
+[ "${NO_DENSE:-0}" = 1 ] || python tests/gpu/dense_variants.py build $C/dv
 du -sh $C

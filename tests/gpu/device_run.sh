@@ -34,7 +34,10 @@ if [ "$TRAIN_MINUTES" != 0 ]; then
 fi
 
 t "kernel check"  # which hand-scheduled kernel is wrong, if one is, before the model-level tests
-timeout 60 python3 tests/gpu/kernel_check.py run .carry/kc
+SETS=.carry/gpu
+if ! timeout 60 python3 tests/gpu/kernel_check.py run .carry/kc && [ -d .carry/gpu_fb ]; then
+  SETS=.carry/gpu_fb; t "a kernel is wrong: the tests and benches run the fallback sets (FALLBACK_REV)"
+fi
 
 if [ -d .carry/dv ]; then
   t "dense tiles"  # every candidate of g2p_batch/cuda_rules.py on tiny_8's shapes, checked and timed
@@ -44,8 +47,8 @@ fi
 t "tests/gpu"
 # the bench's seeded tiny_8 (the same bytes as the one its sets were compiled from)
 $G2P make-checkpoint --arch tiny_8 --seed 0 /tmp/tiny8 >/dev/null
-mkdir -p /tmp/large && ln -sfn /tmp/tiny8 /tmp/large/checkpoint && ln -sfn "$PWD/.carry/gpu/tiny8_b1_1024" /tmp/large/artifacts
-G2P_CUDA_SET=.carry/gpu/cuda_set G2P_CUDA_LARGE_SET=/tmp/large G2P_DATA=/tmp/data timeout 240 \
+mkdir -p /tmp/large && ln -sfn /tmp/tiny8 /tmp/large/checkpoint && ln -sfn "$PWD/$SETS/tiny8_b1_1024" /tmp/large/artifacts
+G2P_CUDA_SET=$SETS/cuda_set G2P_CUDA_LARGE_SET=/tmp/large G2P_DATA=/tmp/data timeout 240 \
     python3 -m pytest -q -p no:cacheprovider tests/gpu -rA 2>&1 | tail -25
 
 if [ "$TRAIN_MINUTES" != 0 ]; then
@@ -57,17 +60,22 @@ fi
 
 common="--device cuda --checkpoint /tmp/tiny8 --data /tmp/data/data/test --threads 16 --cache-dir /tmp/bc"
 t "bench tiny_8, batch 1024"
-timeout 150 $G2P bench $common --artifacts .carry/gpu/tiny8_b1_1024 --words 20480 --batch 1024 \
+timeout 150 $G2P bench $common --artifacts $SETS/tiny8_b1_1024 --words 20480 --batch 1024 \
     --engines tvm,transformers --latency-runs 10 --out /tmp/b1024 && cp /tmp/b1024/bench.json "$OUT/b1024.json"
 t "bench tiny_8, batch 4096 (no batch-1 module, so no latency)"
-timeout 95 $G2P bench $common --artifacts .carry/gpu/tiny8_b4096 --words 40960 --batch 4096 \
+timeout 95 $G2P bench $common --artifacts $SETS/tiny8_b4096 --words 40960 --batch 4096 \
     --engines tvm,transformers --latency-runs 2 --out /tmp/b4096 && cp /tmp/b4096/bench.json "$OUT/b4096.json"
-if [ -d .carry/gpu_old/tiny8_b1_1024 ]; then  # an older build of the same set, for a before/after
-  t "bench tiny_8, batch 1024, previous build (TVM only)"
-  timeout 90 $G2P bench $common --artifacts .carry/gpu_old/tiny8_b1_1024 --words 20480 --batch 1024 \
-      --engines tvm --latency-runs 10 --out /tmp/b1024_old && cp /tmp/b1024_old/bench.json "$OUT/b1024_old.json"
-fi
+# the previous build, for a before/after on the same card: .carry/gpu_old, else the fallback sets
+OLD=.carry/gpu_old
+[ -d $OLD ] || { [ "$SETS" != .carry/gpu_fb ] && [ -d .carry/gpu_fb ] && OLD=.carry/gpu_fb; }
+for run in "1024 1_1024 20480" "4096 4096 40960"; do
+  read -r b set_ words <<< "$run"
+  [ -d $OLD/tiny8_b$set_ ] || continue
+  t "bench tiny_8, batch $b, previous build ($OLD, TVM only)"
+  timeout 90 $G2P bench $common --artifacts $OLD/tiny8_b$set_ --words $words --batch $b \
+      --engines tvm --latency-runs 2 --out /tmp/b${b}_old && cp /tmp/b${b}_old/bench.json "$OUT/b${b}_old.json"
+done
 t "profile, batch 1024"
-timeout 60 $G2P bench $common --artifacts .carry/gpu/tiny8_b1_1024 --words 20480 --batch 1024 --engines tvm \
+timeout 60 $G2P bench $common --artifacts $SETS/tiny8_b1_1024 --words 20480 --batch 1024 --engines tvm \
     --profile --out /tmp/prof | head -40 && cp /tmp/prof/profile.json "$OUT/profile.json"
 t done
