@@ -367,9 +367,47 @@ def plot(result: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- Ray scaling
 
 
-def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
+def _plain_share(art: str, langs: list, words: list, start, done) -> None:
+    """One process of `_plain_processes`: load, warm up, wait for the others, transcribe."""
+    os.environ["TVM_NUM_THREADS"] = "1"
+    from .runtime import load_engine
+    from .transcriber import Transcriber
+
+    tr = Transcriber(load_engine(art, threads=1), PromptFormat(), None)
+    tr.transcribe(langs[:8], words[:8])
+    start.wait()
+    t = time.perf_counter()
+    tr.transcribe(langs, words)
+    done.put(time.perf_counter() - t)
+
+
+def _plain_processes(art: str, entries: list, n: int) -> float:
+    """Words/s of `n` plain processes (no Ray) each transcribing its 1/n of the words at once:
+    what the machine allows `n` single-threaded engines, the ceiling of Ray's scaling."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Barrier(n + 1), ctx.Queue()
+    procs = [ctx.Process(target=_plain_share, args=(art, [e.lang for e in entries[i::n]],
+                                                    [e.word for e in entries[i::n]], start, done))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    start.wait()
+    slowest = max(done.get(timeout=3600) for _ in procs)
+    for p in procs:
+        p.join()
+    return len(entries) / slowest
+
+
+def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None, progress=print) -> dict:
     """The whole Parquet job on 1 and on `actors` CPU actors of one thread each, against the
     single-process runtime on one thread, on the same words.
+
+    Shards default to four per actor, so that a slow shard does not hold the job's end; each is
+    batched on its own. On this 2-core machine, 250-, 500- and 1,000-row shards of the 2,000
+    words all gave 82-86% of 2x the single process, and two plain processes without Ray 87%
+    (PERF.md, session 8): the two cores slow each other down more than Ray does.
 
     Two throughputs per run: steady state, rows over the busiest actor's processing time (read,
     transcribe, write: what scales), and end to end, rows over the wall time after the driver's
@@ -391,7 +429,8 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
     T = cfg.steps or cfg.max_output_len  # random weights: every row runs to T, like forced steps
     tmp = Path(tempfile.mkdtemp(prefix="g2p-ray-bench-"))
     src = tmp / "words.parquet"
-    per_group = max(1, len(entries) // (4 * actors))
+    shard_rows = shard_rows or max(1, len(entries) // (4 * actors))
+    per_group = min(shard_rows, max(1, len(entries) // (4 * actors)))
     pq.write_table(pa.table({"lang": [e.lang for e in entries], "word": [e.word for e in entries]}), src,
                    row_group_size=per_group)
     root = str(Path(cfg.cache_dir) / f"ray-out{T}")  # an artifact set holds one output length
@@ -406,10 +445,11 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
     tr.transcribe([e.lang for e in entries], [e.word for e in entries])
     single = len(entries) / (time.perf_counter() - t)
     progress(f"single process, 1 thread: {single:.1f} words/s")
-    out = {"words": len(entries), "single_process_words_per_s": single, "runs": {}}
+    out = {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group,
+           "single_process_words_per_s": single, "runs": {}}
     for n in sorted({1, actors}):
         job = JobConfig(input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt,
-                        target="llvm", batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}), max_output_len=T, rows_per_shard=per_group,
+                        target="llvm", batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}), max_output_len=T, rows_per_shard=shard_rows,
                         num_cpu_actors=n, threads_per_actor=1, artifacts_dir=root, overwrite=True,
                         progress=False)
         rep = run_job(job)
@@ -420,9 +460,13 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, progress=print) -> dict:
                           "actors": rep.actors}
         progress(f"{n} actor(s): {steady:.1f} words/s steady, {end_to_end:.1f} end to end after setup, "
                  f"driver share {100 * rep.driver_share:.2f}%")
+    plain = _plain_processes(art, entries, actors)
+    out["plain_processes_words_per_s"] = plain
+    progress(f"{actors} plain processes (no Ray), 1 thread each: {plain:.1f} words/s")
     one, many = out["runs"][1]["steady_words_per_s"], out["runs"][actors]["steady_words_per_s"]
     out["scaling_efficiency"] = many / (actors * one)
     out["efficiency_vs_single_process"] = many / (actors * single)
+    out["plain_processes_vs_single_process"] = plain / (actors * single)  # the machine's own ceiling
     out["end_to_end_scaling"] = (out["runs"][actors]["end_to_end_words_per_s"]
                                  / (actors * out["runs"][1]["end_to_end_words_per_s"]))
     return out

@@ -262,6 +262,7 @@ def bench(
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="instead: the Parquet job on 1 and --actors actors (1 thread each)")] = False,
     actors: Annotated[int, typer.Option(help="actors for --ray")] = 2,
+    shard_rows: Annotated[Optional[int], typer.Option(help="rows per shard for --ray (default: four shards per actor)")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="instead: per-kernel TVM time of one batch")] = False,
 ):
     """Benchmark TVM against transformers and CTranslate2 in one run: table, JSON and PNG."""
@@ -280,10 +281,11 @@ def bench(
             typer.echo(f"{k['name']:40s} {k['ms']:8.2f} ms  x{k['calls']}")
         return
     if ray:
-        res = B.ray_scaling(cfg, actors, progress=lambda m: typer.echo(m, err=True))
+        res = B.ray_scaling(cfg, actors, shard_rows, progress=lambda m: typer.echo(m, err=True))
         (out / "bench-ray.json").write_text(json.dumps(res, indent=2))
         typer.echo(f"steady-state scaling 1 -> {actors} actors: {100 * res['scaling_efficiency']:.1f}% "
-                   f"(vs {actors} x the single-process runtime: {100 * res['efficiency_vs_single_process']:.1f}%); "
+                   f"(vs {actors} x the single-process runtime: {100 * res['efficiency_vs_single_process']:.1f}%; "
+                   f"{actors} plain processes without Ray: {100 * res['plain_processes_vs_single_process']:.1f}%); "
                    f"end to end after setup: {100 * res['end_to_end_scaling']:.1f}%; "
                    f"driver share {100 * res['runs'][actors]['driver_share']:.2f}% of wall time")
         return
