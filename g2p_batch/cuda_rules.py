@@ -104,7 +104,7 @@ def pick_tile(rows: int | None, cols: int) -> "Tile | Gemm":
     """By session 8's timings on an H200 (`dense_variants.py`, tiny_8's shapes at 1,024, 4,096
     and 18,432 rows): the fewer the outputs, the smaller the tile, so that every SM gets
     blocks; 256-column outputs keep 64x64 even at 18k rows (28 TFLOP/s, against 22-25 for
-    128x128). Double buffering changed single kernels by -8% to +6% and the whole model by +1%
+    128x128). Double buffering changed single kernels by -12% to +17% and the whole model by +1%
     at batch 1,024 and 4,096 (call 3, within noise). Each pick runs at 87% or more of the
     fastest tile for its shape; the whole model passed the parity tests with these picks."""
     outputs = (rows or ENCODER_ROWS) * cols

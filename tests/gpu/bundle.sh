@@ -4,8 +4,9 @@
 # Run from the repo root on the build machine (no GPU needed): it needs TVM, pip and ../shared.
 #   bash tests/gpu/bundle.sh            then, through the device tool:
 #   run(command="OUT=$OUT bash tests/gpu/device_run.sh", carry=[".carry"])
-# About 33 MB, 54 with WITH_TRAIN=1 (then leave .carry/dv out: the 64 MiB a device call carries
-# must leave room for the repo itself, about 12 MB).
+# 22-33 MB, and 7 MB more per revision's sets (FALLBACK_REV, OLD_REV); WITH_TRAIN=1 adds 21 MB
+# (then set NO_DENSE=1: the 64 MiB a device call carries must leave room for the repo itself,
+# about 12 MB).
 set -euo pipefail
 DATA=${G2P_DATA:-../shared/charsiug2p-data}/data
 PYV=${PYV:-3.12}   # the node's python3 (3.12 on the lent H100/H200 image)
