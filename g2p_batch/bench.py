@@ -406,8 +406,8 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
 
     Shards default to four per actor, so that a slow shard does not hold the job's end; each is
     batched on its own. On this 2-core machine, 250-, 500- and 1,000-row shards of the 2,000
-    words all gave 82-86% of 2x the single process, and two plain processes without Ray 87%
-    (PERF.md, session 8): the two cores slow each other down more than Ray does.
+    words all gave 82-89% of 2x the single process, and two plain processes without Ray 87-101%
+    (PERF.md, session 8): the two cores' noise is as large as Ray's cost.
 
     Two throughputs per run: steady state, rows over the busiest actor's processing time (read,
     transcribe, write: what scales), and end to end, rows over the wall time after the driver's

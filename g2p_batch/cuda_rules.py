@@ -6,8 +6,8 @@ tiles helped by 1.0-1.4x at most: dlight keeps both operands in shared memory as
 thread's contiguous rows land on one bank, and more work per thread does not pay (PERF.md,
 change 16). `Gemm` is the textbook fp32 GEMM instead: both operands stored transposed
 ([k][row]) in shared memory, each thread reading float4 columns of them into registers and
-keeping an 8x8 (or smaller) tile of outputs there: up to 36.7 TFLOP/s on the same shapes,
-2.3x the stock tile (PERF.md, change 19). `pick_tile` chooses per kernel from the output size,
+keeping an 8x8 (or smaller) tile of outputs there: up to 36.7 TFLOP/s on the same shapes, and
+2.0-2.4x the stock tile on the encoder's wide layers (PERF.md, change 19). `pick_tile` chooses per kernel from the output size,
 by measurements on an H200.
 """
 
@@ -93,7 +93,7 @@ GEMM_32x64 = Gemm(8, 16, 4, 1, 4, k=16, pipeline=True)   # 128 threads, 16 outpu
 CANDIDATES = (  # what tests/gpu/dense_variants.py times: session 8's third set, and the stock tile
     STOCK, GEMM_128, GEMM_128x64, GEMM_64, GEMM_32x64,
     Gemm(16, 16, 8, 1, 4, k=16, pipeline=True),
-    # the same tiles single-buffered; the first three were the picks of session 8's call 2
+    # the picks of session 8's call 2: 128x128 with k=8, the others single-buffered
     Gemm(16, 16, 8, 2, 4, k=8, pipeline=True), Gemm(16, 16, 8, 1, 4, k=8), Gemm(16, 16, 4, 1, 4, k=16),
     Gemm(8, 16, 4, 1, 4, k=16),
 )
@@ -131,14 +131,14 @@ class TiledMatmul(dl.gpu.Matmul):
             return None
         self._tile = self._pick(*_rows_cols(func))
         if isinstance(self._tile, Gemm):
-            return _schedule_gemm(func, target, self._tile) if self.is_target_available(target) else None
+            return _schedule_gemm(func, self._tile) if self.is_target_available(target) else None
         return super().apply(func, target, tunable)
 
     def get_configs(self, target):
         return self._tile.config()
 
 
-def _schedule_gemm(func: "tirx.PrimFunc", target, g: Gemm):
+def _schedule_gemm(func: "tirx.PrimFunc", g: Gemm):
     """C[b, i, j] = sum_k A[b, i, k] * B[b, j, k], dlight's normal form, scheduled as `g`."""
     sch = s_tir.Schedule(func)
     reductions = dlm.get_reduction_blocks(sch, sch.get_child_blocks(get_root_block(sch)))
