@@ -367,18 +367,24 @@ def plot(result: dict, path: Path) -> None:
 # --------------------------------------------------------------------------- Ray scaling
 
 
-def _plain_share(art: str, langs: list, words: list, start, done) -> None:
-    """One process of `_plain_processes`: load, warm up, wait for the others, transcribe."""
-    os.environ["TVM_NUM_THREADS"] = "1"
+def _one_thread_seconds(art, langs: list, words: list, warm: int, ready=None) -> float:
+    """Load the set on one thread, warm up on the first `warm` words (and wait for `ready`), then
+    time one call on all the words."""
     from .runtime import load_engine
     from .transcriber import Transcriber
 
     tr = Transcriber(load_engine(art, threads=1), PromptFormat(), None)
-    tr.transcribe(langs[:8], words[:8])
-    start.wait()
+    tr.transcribe(langs[:warm], words[:warm])
+    if ready is not None:
+        ready.wait()
     t = time.perf_counter()
     tr.transcribe(langs, words)
-    done.put(time.perf_counter() - t)
+    return time.perf_counter() - t
+
+
+def _plain_share(art, langs: list, words: list, start, done) -> None:
+    """One process of `_plain_processes` (TVM_NUM_THREADS=1 comes from the parent's environment)."""
+    done.put(_one_thread_seconds(art, langs, words, 8, start))
 
 
 def _plain_processes(art: str, entries: list, n: int) -> float:
@@ -421,29 +427,24 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
     from .artifacts import CompileRequest, ensure_artifacts
     from .config import JobConfig
     from .driver import run_job
-    from .runtime import load_engine
-    from .transcriber import Transcriber
 
     ckpt = bench_checkpoint(cfg)
     entries = sample_words(cfg.data, cfg.words, cfg.seed)
     T = cfg.steps or cfg.max_output_len  # random weights: every row runs to T, like forced steps
     tmp = Path(tempfile.mkdtemp(prefix="g2p-ray-bench-"))
     src = tmp / "words.parquet"
-    shard_rows = shard_rows or max(1, len(entries) // (4 * actors))
-    per_group = min(shard_rows, max(1, len(entries) // (4 * actors)))
+    four_per_actor = max(1, len(entries) // (4 * actors))
+    shard_rows = shard_rows or four_per_actor
+    per_group = min(shard_rows, four_per_actor)
     pq.write_table(pa.table({"lang": [e.lang for e in entries], "word": [e.word for e in entries]}), src,
                    row_group_size=per_group)
     root = str(Path(cfg.cache_dir) / f"ray-out{T}")  # an artifact set holds one output length
     req = CompileRequest(checkpoint=ckpt, target="llvm", batch_sizes=[1, 8, 32, cfg.batch], max_output_len=T,
                          root=root)
     art = ensure_artifacts(req)
-    os.environ["TVM_NUM_THREADS"] = "1"
-    eng = load_engine(art, threads=1)
-    tr = Transcriber(eng, PromptFormat(), None)
-    tr.transcribe([e.lang for e in entries[:cfg.batch]], [e.word for e in entries[:cfg.batch]])  # warm-up
-    t = time.perf_counter()
-    tr.transcribe([e.lang for e in entries], [e.word for e in entries])
-    single = len(entries) / (time.perf_counter() - t)
+    os.environ["TVM_NUM_THREADS"] = "1"  # this process, and the plain processes it spawns
+    single = len(entries) / _one_thread_seconds(art, [e.lang for e in entries], [e.word for e in entries],
+                                                cfg.batch)
     progress(f"single process, 1 thread: {single:.1f} words/s")
     out = {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group,
            "single_process_words_per_s": single, "runs": {}}

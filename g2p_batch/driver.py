@@ -257,12 +257,13 @@ class _Pool:
                 self.inflight[slot.actor.process.remote(shard, self.settings)] = (slot, shard)
                 slot.state = "busy"
         unclaimed = len(self.pending) - sum(s.state == "starting" for s in self.slots)
+        gpu_starting = any(s.state == "starting" and s.group.kind == "gpu" for s in self.slots)
         for slot in self.slots:  # GPU slots come first (resolve_actor_groups)
-            gpu_starting = any(s.state == "starting" and s.group.kind == "gpu" for s in self.slots)
             if unclaimed > 0 and slot.state == "dead" and not slot.retired:
                 if slot.group.kind == "cpu" and gpu_starting:
                     break
                 self._start(slot)
+                gpu_starting |= slot.group.kind == "gpu"
                 unclaimed -= 1
 
     def _start(self, slot: _Slot) -> None:
