@@ -26,7 +26,8 @@ from .decoding import DEFAULT_BATCH_SIZES, Bucket
 from .tokenizer import PromptFormat
 
 log = logging.getLogger("g2p_batch.artifacts")
-FORMAT = 2  # 2: packed-token encoder, cross K/V made by encode (no prefill function)
+FORMAT = 3  # 2: packed-token encoder, cross K/V made by encode (no prefill function);
+# 3: CPU params interleave the gated feed-forward's two halves (loader.interleave_gated)
 _LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 

@@ -180,17 +180,58 @@ def _stages_between(out, first) -> tuple[str, ...]:
 
 
 def gated_act(M: int | None, F: int, act: str, tgt: KernelTarget):
-    """[M, 2F] -> [M, F]: act(a) * b, the gated feed-forward's middle."""
+    """[M, 2F] -> [M, F]: act(a) * b, the gated feed-forward's middle, on GPUs (CPUs fold it
+    into `gated_dense`)."""
     M, scalars = _rows(M)
     h = te.placeholder((M, 2 * F), "float32", name="h")
     out, inline = _gate((M, F), lambda i, j: h[i, j], lambda i, j: h[i, F + j], act)
-    sched = None
-    if tgt.kind == "cpu":
-        def sched(sch):
-            for name in inline:
+    return _finish([h] + scalars + [out], None)
+
+
+def gated_dense(M: int | None, K: int, F: int, act: str, tgt: KernelTarget):
+    """CPU: act(x @ W0^T) * (x @ W1^T) in one kernel, out [M, F/PACK, PACK] (a [M, F] row-major).
+
+    The weights come interleaved (`loader.interleave_gated`): strip 2c holds the gate's columns
+    16c..16c+15, strip 2c+1 the linear half's, so one column block of the dense tile holds both
+    halves of 16 outputs and the gate runs on the tile while it is in registers. As two kernels,
+    the [M, 2F] product went through memory and back (session 9, cold caches, 2 threads: 1,184
+    tokens 4.58 -> 3.74 ms per layer, 64 rows 284 -> 250 us). Each output sums over k in the
+    same order as `dense`, so results are bit-identical to the two-kernel form."""
+    assert tgt.kind == "cpu", "gated_dense is the packed CPU form; GPUs run dense + gated_act"
+    cols_outer = M is not None or 2 * F >= 2048  # as in `dense`
+    M, scalars = _rows(M)
+    x = te.placeholder((M, K), "float32", name="x")
+    w = te.placeholder((2 * F // PACK, K, PACK), "float32", name="w")
+    k = te.reduce_axis((0, K), name="k")
+    y = te.compute((M, F // PACK, 2, PACK), lambda i, c, g, l: te.sum(x[i, k] * w[2 * c + g, k, l], axis=k),
+                   name="dense")
+    out, inline = _gate((M, F // PACK, PACK), lambda i, c, l: y[i, c, 0, l], lambda i, c, l: y[i, c, 1, l], act)
+    rows = max(1, tgt.tile[0] * tgt.tile[1] // (2 * PACK))  # the dense tile's accumulator count
+
+    def sched(sch):
+        for name in inline:
+            if name != "dense":
                 sch.compute_inline(sch.get_sblock(name))
-            _sched_elementwise("act")(sch)
-    return _finish([h] + scalars + [out], sched)
+        mi = _divisor(M, tuple(r for r in (8, 4, 2, 1) if r <= rows))
+        blk, a = sch.get_sblock("dense"), sch.get_sblock("act")
+        i, c, l = sch.get_loops(a)
+        i0, i1 = sch.split(i, [None, mi])
+        outer = [c, i0] if cols_outer else [i0, c]
+        sch.reorder(*outer, i1, l)
+        tile = sch.fuse(*outer)
+        sch.parallel(tile)
+        sch.vectorize(l)
+        sch.compute_at(blk, tile)  # the product for this tile only, kept in registers
+        sch.set_scope(blk, 0, "local")
+        *tile_loops, tk = sch.get_loops(blk)[1:]  # (rows,) halves, lanes: a 1-row loop is gone
+        k0, k1 = sch.split(tk, [None, 4]) if K % 4 == 0 else (tk, None)
+        k_in = [k1] if k1 is not None else []
+        sch.reorder(k0, *k_in, *tile_loops)
+        for loop in k_in + tile_loops[:-1]:
+            sch.unroll(loop)
+        sch.vectorize(tile_loops[-1])
+        sch.decompose_reduction(blk, k0)
+    return _finish([x, w] + scalars + [out], sched)
 
 
 def _sched_elementwise(name):
@@ -254,6 +295,30 @@ def embed(n: int | None, V: int, D: int, tgt: KernelTarget):
     return _finish([ids, table] + scalars + [out], _sched_elementwise("emb") if tgt.kind == "cpu" else None)
 
 
+_EXP_HI, _EXP_LO = 88.0, -86.9  # 2^n * p(r) stays a normal float in between (n in [-125, 127])
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
+def _exp(x):
+    """exp as plain float32 arithmetic (Cephes' expf: n = round(x/ln2), a two-constant ln2
+    reduction, a degree-7 polynomial, 2^n from the exponent bits), so that it vectorises. On
+    CPU `tirx.exp` becomes one scalar libm `expf` call per lane. Within 3 ulp of libm between
+    -86.9 and 88; an exact 0 below -86.9 (where exp < 2e-38), so masked scores keep an exact
+    zero weight; exp(88) above 88 (softmax arguments are <= 0). The clamp keeps every
+    intermediate a normal float: a subnormal product (2^-126 * p(r) < 1) costs a microcode
+    assist per vector on Intel, which made the greedy head 20x slower on masked logits."""
+    f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+    xc = tirx.max(tirx.min(x, f32(_EXP_HI)), f32(_EXP_LO))
+    n = tirx.floor(xc * f32(1.4426950408889634) + f32(0.5))
+    r = xc - n * f32(0.693359375) - n * f32(-2.12194440e-4)  # ln2 split: n * hi is exact
+    p = f32(_EXP_POLY[0])
+    for c in _EXP_POLY[1:]:
+        p = p * r + f32(c)
+    y = p * r * r + r + f32(1.0)
+    two_n = tirx.reinterpret("float32", tirx.shift_left(n.astype("int32") + 127, 23))
+    return tirx.Select(x < f32(_EXP_LO), f32(0.0), y * two_n)
+
+
 def _softmax_rows(score, shape, reduce_extent, name):
     """softmax over the last axis as named stages (max, exp, sum, then `name` = exp / sum, one
     division per score as torch does, not one per score and output column); `score(*ix)` adds
@@ -261,7 +326,7 @@ def _softmax_rows(score, shape, reduce_extent, name):
     *lead, _ = shape
     t = te.reduce_axis((0, reduce_extent), name=f"{name}_t")
     m = te.compute(tuple(lead), lambda *ix: te.max(score(*ix, t), axis=t), name=f"{name}_max")
-    e = te.compute(shape, lambda *ix: tirx.exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
+    e = te.compute(shape, lambda *ix: _exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
     t2 = te.reduce_axis((0, reduce_extent), name=f"{name}_t2")
     z = te.compute(tuple(lead), lambda *ix: te.sum(e[(*ix, t2)], axis=t2), name=f"{name}_sum")
     return te.compute(shape, lambda *ix: e[ix] / z[ix[:-1]], name=name)
@@ -295,8 +360,11 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     o = te.compute((n, inner),
                    lambda r, c: te.sum(p[r, c // dk, j] * qkv[gather[where[r] // L, j], 2 * inner + c], axis=j),
                    name="o")
+    # AVX-512 (a 32-column dense tile): 8 query rows per task, 16-lane outputs (session 9: 0.91-0.98
+    # -> 0.63-0.72 ms per layer at 1,184 tokens); AVX2's 16 registers hold one row's outputs
+    rows, vec = (8, 16) if tgt.tile[1] >= 2 * PACK and dk % 16 == 0 else (1, 8)
     return _finish([qkv, where, gather, bias, mask] + scalars + [o],
-                   _sched_fused_attention(dk, 8, transpose="kt"))
+                   _sched_fused_attention(dk, vec, transpose="kt", rows=rows, key_vec=8))
 
 
 _ENC_WARPS = 4
@@ -398,42 +466,48 @@ def _sched_key_transpose(name: str):
     return sched
 
 
-def _sched_fused_attention(dk: int, vec: int, transpose: str | None = None):
-    """One parallel task per (query row, head): scores, softmax and the weighted sum of values
-    for that head run back to back on a few hundred floats that stay in L1, instead of six
+def _sched_fused_attention(dk: int, vec: int, transpose: str | None = None, rows: int = 1, key_vec: int | None = None):
+    """One parallel task per (`rows` query rows, head): scores, softmax and the weighted sum of
+    values for that head run back to back on a few hundred floats that stay in L1, instead of six
     parallel passes over [rows, H, keys] buffers (each pass paid a thread-pool launch, and the
     stages ran at ~10 GFLOP/s). Both products keep every vector of their output in registers
-    and put the reduction outermost, so the FMAs form independent chains (dk/vec for the
-    weighted sum, keys/vec for the scores) rather than one latency-bound chain per vector.
+    and put the reduction outermost, so the FMAs form independent chains (rows*dk/vec for the
+    weighted sum, rows*keys/key_vec for the scores) rather than one latency-bound chain per
+    vector; `rows` > 1 multiplies the chains (the encoder's 24 keys gave 3 per row).
     The `transpose` stage (the encoder's key gather) keeps its own loop."""
+    key_vec = key_vec or vec
+
     def sched(sch):
         if transpose:
             _sched_key_transpose(transpose)(sch)
         o = sch.get_sblock("o")
         r, c, t = sch.get_loops(o)
+        r0, r1 = sch.split(r, [None, rows])
         h, d = sch.split(c, [None, dk])
         d0, d1 = sch.split(d, [None, vec])
-        sch.reorder(r, h, t, d0, d1)
-        rh = sch.fuse(r, h)
+        sch.reorder(r0, h, t, r1, d0, d1)
+        rh = sch.fuse(r0, h)
         sch.parallel(rh)
         acc = sch.cache_write(o, 0, "local")
         sch.reverse_compute_at(acc, rh)
         sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, vec])[1])
         for name in ("sm", "sm_sum", "sm_exp", "sm_max", "s"):
             sch.compute_at(sch.get_sblock(name), rh)
+        sch.unroll(r1)
         sch.unroll(d0)
         sch.vectorize(d1)
         sch.decompose_reduction(o, t)
         s = sch.get_sblock("s")
-        keys, red = sch.get_loops(s)[-2:]
-        k0, k1 = sch.split(keys, [None, vec])
-        sch.reorder(red, k0, k1)
-        sch.unroll(k0)
+        *sr, keys, red = sch.get_loops(s)[1:]  # no row loop left when rows == 1
+        k0, k1 = sch.split(keys, [None, key_vec])
+        sch.reorder(red, *sr, k0, k1)
+        for loop in sr + [k0]:
+            sch.unroll(loop)
         sch.vectorize(k1)
         sch.decompose_reduction(s, red)
         for name in ("sm_exp", "sm"):
             blk = sch.get_sblock(name)
-            _, k1 = sch.split(sch.get_loops(blk)[-1], [None, vec])
+            _, k1 = sch.split(sch.get_loops(blk)[-1], [None, key_vec])
             sch.vectorize(k1)
     return sched
 
@@ -549,18 +623,19 @@ def greedy_head(B: int, V: int, tgt: KernelTarget):
     v2 = te.reduce_axis((0, V), name="v2")
     idx = te.compute((B,), lambda b: te.min(tirx.Select(x[b, v2] == m[b], v2, V), axis=v2), name="idx")
     v3 = te.reduce_axis((0, V), name="v3")
-    z = te.compute((B,), lambda b: te.sum(tirx.exp(x[b, v3] - m[b]), axis=v3), name="z")
+    z = te.compute((B,), lambda b: te.sum(_exp(x[b, v3] - m[b]), axis=v3), name="z")
     ids = te.compute((B,), lambda b: idx[b].astype("int32"), name="ids")
     logp = te.compute((B,), lambda b: -tirx.log(z[b]), name="logp")
     sched = None
     if tgt.kind == "cpu":
-        def sched(sch):  # rows in parallel; max and first-argmax are exact in any order, so they
-            # reduce 16 lanes at once (serial, the head took 77 us per 64-row step)
+        def sched(sch):  # rows in parallel, 16 lanes at once (serial, the head took 77 us per
+            # 64-row step): max and first-argmax are exact in any order; the sum of exps only
+            # feeds the log-probability, which nothing compares bit for bit
             for name in ("mx", "idx", "z"):
                 blk = sch.get_sblock(name)
                 b_, v_ = sch.get_loops(blk)
                 sch.parallel(b_)
-                if name != "z" and V % 16 == 0:
+                if V % 16 == 0:
                     _, v1 = sch.split(v_, [None, 16])
                     sch.vectorize(sch.get_loops(sch.rfactor(v1, 0))[-1])
     else:

@@ -1,7 +1,8 @@
 """Hugging Face T5 weights -> the parameters `model.param_specs` asks for (numpy only).
 
-Fusions: q/k/v into one `qkv` matrix, `wi_0`/`wi_1` into one `wi`, every decoder layer's
-cross-attention k/v into one `cross_kv`; CPU builds pack each `[N, K]` matrix to `[N/16, K, 16]`.
+Fusions: q/k/v into one `qkv` matrix, `wi_0`/`wi_1` into one `wi` (on CPU interleaved in 16-row
+groups, see `interleave_gated`), every decoder layer's cross-attention k/v into one `cross_kv`;
+CPU builds pack each `[N, K]` matrix to `[N/16, K, 16]`.
 Relative-position biases become per-bucket tables (the decoder's with the causal mask folded
 in), computed once here rather than per step.
 
@@ -62,6 +63,15 @@ def _pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n // PACK, PACK, k).transpose(0, 2, 1))
 
 
+def interleave_gated(wi: np.ndarray) -> np.ndarray:
+    """[wi_0; wi_1] ([2F, K]) -> rows in PACK-row groups alternating gate and linear (gate rows
+    0-15, linear rows 0-15, gate rows 16-31, ...): after `_pack`, strip 2c and 2c+1 hold the
+    two halves of outputs 16c..16c+15, as `kernels.gated_dense` reads them."""
+    two_f, k = wi.shape
+    halves = wi.reshape(2, two_f // (2 * PACK), PACK, k)  # [gate|linear, group, row, k]
+    return np.ascontiguousarray(halves.transpose(1, 0, 2, 3).reshape(two_f, k))
+
+
 def bucket_params(params: dict[str, np.ndarray], s: T5Shape, L: int, T: int) -> dict[str, np.ndarray]:
     """The shape-dependent parameters of one bucket: position-bias tables for L inputs, T steps."""
     return {"enc_bias": encoder_bias(params["enc_rel_emb"], L, s), "dec_bias": decoder_bias(params["dec_rel_emb"], T, s)}
@@ -76,7 +86,8 @@ def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool) -> di
 
     def ff(prefix):
         if s.gated:
-            return np.concatenate([W[f"{prefix}.DenseReluDense.wi_0.weight"], W[f"{prefix}.DenseReluDense.wi_1.weight"]])
+            wi = np.concatenate([W[f"{prefix}.DenseReluDense.wi_0.weight"], W[f"{prefix}.DenseReluDense.wi_1.weight"]])
+            return interleave_gated(wi) if packed else wi
         return W[f"{prefix}.DenseReluDense.wi.weight"]
 
     def qkv(prefix):

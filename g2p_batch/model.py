@@ -17,7 +17,7 @@ from __future__ import annotations
 from tvm import relax, tirx
 
 from . import kernels as K
-from .shapes import TOKEN_BLOCK, T5Shape, param_specs, step_function_name, step_windows
+from .shapes import PACK, TOKEN_BLOCK, T5Shape, param_specs, step_function_name, step_windows
 
 
 class _Builder:
@@ -61,7 +61,12 @@ class _Builder:
         """residual + wo(act(wi(h))), T5's feed-forward sublayer after its norm."""
         F = s.d_ff
         rows, tag = self.rows(M)
-        if s.gated:
+        if s.gated and self.tgt.packed:  # the gate in the product's tile (kernels.gated_dense)
+            act = self.call(f"gated_dense_{s.act}_{tag}x{s.d_model}x{F}",
+                            lambda: K.gated_dense(M, s.d_model, F, s.act, self.tgt), [h, wi],
+                            (rows, F // PACK, PACK), tokens=M is None)
+            act = self.bb.emit(relax.op.reshape(act, (rows, F)))
+        elif s.gated:
             hid = self.dense(h, wi, M, s.d_model, 2 * F)
             act = self.call(f"gated_{s.act}_{tag}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (rows, F),
                             tokens=M is None)

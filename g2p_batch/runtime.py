@@ -155,7 +155,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from safetensors.numpy import load_file
 
     from . import targets
-    from .artifacts import ArtifactMismatch, read_manifest, verify_files
+    from .artifacts import FORMAT, ArtifactMismatch, read_manifest, verify_files
     from .loader import bucket_params
     from .shapes import T5Shape, param_specs
 
@@ -166,6 +166,9 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     manifest = read_manifest(path)
     if check_files:
         verify_files(path, manifest, params=checkpoint is None)
+    if manifest.get("format") != FORMAT:  # the params layout and the modules' arguments changed
+        raise ArtifactMismatch(f"artifacts in {path} have format {manifest.get('format')}, this g2p-batch reads "
+                               f"format {FORMAT}; remove {path} and compile them again")
     target = manifest["target"]
     if (targets.kind(target) == "gpu") != (device == "cuda"):
         raise ArtifactMismatch(f"artifacts in {path} are for {target['kind']}, not device {device!r}")

@@ -79,3 +79,49 @@ def test_rms_norm_matches_numpy():
     _build(K.rms_norm(8, 64, 1e-6, K.KernelTarget()))(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), out)
     want = x / np.sqrt((x * x).mean(1, keepdims=True) + 1e-6) * w
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def _gelu_new(a):
+    return 0.5 * a * (1.0 + np.tanh(0.7978845608028654 * (a + 0.044715 * a ** 3)))
+
+
+@pytest.mark.parametrize("tile", [(4, 16), (8, 32)])
+@pytest.mark.parametrize("rows", [1, 24, None])
+@pytest.mark.parametrize("act", ["gelu_new", "relu"])
+def test_gated_dense_matches_two_matmuls_and_the_gate(tile, rows, act):
+    """The CPU gated feed-forward reads `loader.interleave_gated`'s layout; a wrong strip order
+    would mix gate and linear columns, which this catches column by column."""
+    from g2p_batch.loader import _pack, interleave_gated
+
+    Kd, F, m = 32, 64, 3
+    M = 16 * m if rows is None else rows
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((M, Kd)).astype(np.float32)
+    w0, w1 = (rng.standard_normal((F, Kd)).astype(np.float32) * 0.3 for _ in range(2))
+    fn = _build(K.gated_dense(rows, Kd, F, act, K.KernelTarget("cpu", tile)))
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((M, F // PACK, PACK), np.float32), dev)
+    packed = _pack(interleave_gated(np.concatenate([w0, w1])))
+    fn(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(packed, dev), *([m] if rows is None else []), out)
+    a, b = x @ w0.T, x @ w1.T
+    want = (_gelu_new(a) if act == "gelu_new" else np.maximum(a, 0)) * b
+    np.testing.assert_allclose(out.numpy().reshape(M, F), want, rtol=1e-4, atol=1e-4)
+
+
+def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
+    """`_exp` replaces libm's expf in every softmax: masked scores (-3.4e38, -inf) must still
+    weigh exactly 0, and the rest stay within a few ulp of numpy."""
+    from tvm import s_tir, te
+
+    xs = np.concatenate([np.linspace(-86.9, 88.0, 200_000), [-3.4028234663852886e38, -np.inf, -87.0, 0.0]])
+    xs = xs.astype(np.float32)
+    x = te.placeholder((len(xs),), "float32", name="x")
+    sch = s_tir.Schedule(te.create_prim_func([x, te.compute(x.shape, lambda i: K._exp(x[i]), name="y")]))
+    sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, 16])[1])
+    out = tvm.runtime.tensor(np.zeros_like(xs))
+    _build(sch.mod["main"])(tvm.runtime.tensor(xs), out)
+    got, want = out.numpy(), np.exp(xs)
+    normal = xs >= -86.9
+    ulp = np.abs(got[normal].view(np.int32).astype(np.int64) - want[normal].view(np.int32))
+    assert ulp.max() <= 3
+    assert (got[~normal] == 0).all() and got[-1] == 1.0
