@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm import s_tir
 
-from .shapes import PACK, TOKEN_BLOCK
+from .shapes import PACK, TOKEN_BLOCK, key_block
 
 
 @dataclass(frozen=True)
@@ -576,22 +576,28 @@ def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTa
                     vc[layer, bh // H, bh % H, pos[0], d] = qkv[bh // H, 2 * inner + bh % H * dk + d]
         return kv_write_gpu
 
-    # parallel over rows: a serial loop took 0.23 ms per call at B=64 (7% of a decoder step)
+    # parallel over rows: a serial loop took 0.23 ms per call at B=64 (7% of a decoder step);
+    # values first, one contiguous vector store per head, then the keys' scattered column
+    kb = key_block(T)  # blocked keys, shapes.cache_shapes
+
     @T_.prim_func(private=True)
-    def kv_write_cpu(kc: T_.Buffer((Ld, B, H, dk, T), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
+    def kv_write_cpu(kc: T_.Buffer((Ld, B, H, T // kb, dk, kb), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
                      qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
         T_.func_attr({"tirx.noalias": True})
         for b in T_.parallel(B):
             p = T_.int32(pos[0])
+            for h in range(H):
+                for d in T_.vectorized(dk):
+                    vc[layer, b, h, p, d] = qkv[b, 2 * inner + h * dk + d]
             for h, d in T_.grid(H, dk):
-                kc[layer, b, h, d, p] = qkv[b, inner + h * dk + d]
-                vc[layer, b, h, p, d] = qkv[b, 2 * inner + h * dk + d]
+                kc[layer, b, h, p // kb, d, p % kb] = qkv[b, inner + h * dk + d]
     return kv_write_cpu
 
 
 def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols: int, tgt: KernelTarget,
                    cross: bool, window: int | None = None):
-    """One query row per sequence against a cache [Ld, B, H, dk, T] / [Ld, B, H, T, dk].
+    """One query row per sequence against a cache [Ld, B, H, dk, T] / [Ld, B, H, T, dk] (the
+    CPU's self-attention keys in blocks: `shapes.cache_shapes`).
 
     Self-attention adds the causal relative-bias row for the current position (future
     positions hold -inf-like values, so the not-yet-written cache slots get zero weight) and
@@ -599,10 +605,16 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
     encoder padding mask [B, T]."""
     W = window or T
     q = te.placeholder((B, q_cols), "float32", name="q")
-    kc = te.placeholder((Ld, B, H, dk, T), "float32", name="kc")
+    if tgt.packed and not cross:  # the CPU's blocked self-attention keys (shapes.cache_shapes)
+        kb = key_block(T)
+        kc = te.placeholder((Ld, B, H, T // kb, dk, kb), "float32", name="kc")
+        key = lambda b, h, d, t: kc[layer, b, h, t // kb, d, t % kb]  # noqa: E731
+    else:
+        kc = te.placeholder((Ld, B, H, dk, T), "float32", name="kc")
+        key = lambda b, h, d, t: kc[layer, b, h, d, t]  # noqa: E731
     vc = te.placeholder((Ld, B, H, T, dk), "float32", name="vc")
     d = te.reduce_axis((0, dk), name="d")
-    s = te.compute((B, H, W), lambda b, h, t: te.sum(q[b, h * dk + d] * kc[layer, b, h, d, t], axis=d), name="s")
+    s = te.compute((B, H, W), lambda b, h, t: te.sum(q[b, h * dk + d] * key(b, h, d, t), axis=d), name="s")
     if cross:
         add = te.placeholder((B, W), "float32", name="mask")
         p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, W), W, "sm")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from tvm import relax, tirx
 
 from . import kernels as K
-from .shapes import PACK, TOKEN_BLOCK, T5Shape, param_specs, step_function_name, step_windows
+from .shapes import PACK, TOKEN_BLOCK, T5Shape, cache_shapes, param_specs, step_function_name, step_windows
 
 
 class _Builder:
@@ -129,8 +129,9 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
     tokens = relax.Var("tokens", relax.TensorType((B,), "int32"))
     pos = relax.Var("pos", relax.TensorType((1,), "int32"))
-    kc = relax.Var("k_cache", relax.TensorType((Ld, B, H, dk, T), "float32"))
-    vc = relax.Var("v_cache", relax.TensorType((Ld, B, H, T, dk), "float32"))
+    kshape, vshape = cache_shapes(s, B, T, tgt.packed)
+    kc = relax.Var("k_cache", relax.TensorType(kshape, "float32"))
+    vc = relax.Var("v_cache", relax.TensorType(vshape, "float32"))
     ck = relax.Var("cross_k", relax.TensorType((Ld, B, H, dk, L), "float32"))
     cv = relax.Var("cross_v", relax.TensorType((Ld, B, H, L, dk), "float32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))

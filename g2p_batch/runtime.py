@@ -157,7 +157,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from . import targets
     from .artifacts import FORMAT, ArtifactMismatch, read_manifest, verify_files
     from .loader import bucket_params
-    from .shapes import T5Shape, param_specs
+    from .shapes import T5Shape, cache_shapes, param_specs
 
     set_threads(threads)
     if device == "cuda":
@@ -198,8 +198,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
         if b.input_len not in per_len:  # bias tables depend on the length only, not the batch
             per_len[b.input_len] = bucket_params(params, shape, b.input_len, T)
         specs[b] = (param_specs(shape, packed, b.input_len, T), per_len[b.input_len])
-        Ld, H, dk = shape.dec_layers, shape.heads, shape.d_kv
-        caches[b] = ((Ld, b.batch, H, dk, T), (Ld, b.batch, H, T, dk))
+        caches[b] = cache_shapes(shape, b.batch, T, packed)
     engine = TVMEngine(compiled, params, specs, caches, T, device, windows)
     engine.manifest = manifest
     return engine

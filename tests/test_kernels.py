@@ -125,3 +125,39 @@ def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
     ulp = np.abs(got[normal].view(np.int32).astype(np.int64) - want[normal].view(np.int32))
     assert ulp.max() <= 3
     assert (got[~normal] == 0).all() and got[-1] == 1.0
+
+
+@pytest.mark.parametrize("T,window", [(32, 16), (32, None), (24, 16)])  # 24: one block of 24 keys
+def test_self_attention_reads_the_keys_kv_write_put_in_the_blocked_cache(T, window):
+    """The CPU's key cache is blocked ([.., T/16, d_kv, 16], `shapes.cache_shapes`): keys written
+    step by step at every position must come back in position order, past the first block."""
+    from g2p_batch.shapes import key_block
+
+    Ld, B, H, dk, layer = 2, 2, 2, 16, 1
+    W, inner, kb = window or T, H * dk, key_block(T)
+    steps = min(W, T) - 3  # positions 0..steps-1 written; the rest masked as the causal bias does
+    tgt, dev = K.KernelTarget("cpu", (4, 16)), tvm.cpu()
+    rng = np.random.default_rng(4)
+    kc = tvm.runtime.tensor(np.full((Ld, B, H, T // kb, dk, kb), np.nan, np.float32), dev)
+    vc = tvm.runtime.tensor(np.zeros((Ld, B, H, T, dk), np.float32), dev)
+    write = _build(K.kv_write(Ld, B, H, dk, T, layer, tgt))
+    qkvs = rng.standard_normal((steps, B, 3 * inner)).astype(np.float32)
+    for p in range(steps):
+        write(kc, vc, tvm.runtime.tensor(qkvs[p], dev), tvm.runtime.tensor(np.array([p], np.int32), dev))
+    keys = qkvs[:, :, inner:2 * inner].reshape(steps, B, H, dk)
+    vals = qkvs[:, :, 2 * inner:].reshape(steps, B, H, dk)
+    bias = rng.standard_normal((H, W)).astype(np.float32)
+    bias[:, steps:] = np.float32(-3.4028234663852886e38)
+    q = rng.standard_normal((B, 3 * inner)).astype(np.float32)
+    kc_np = kc.numpy()
+    kc.copyfrom(np.nan_to_num(kc_np, nan=0.0))  # never-written slots: masked, must not be NaN
+    out = tvm.runtime.tensor(np.zeros((B, inner), np.float32), dev)
+    attn = _build(K.step_attention(Ld, B, H, dk, T, layer, 3 * inner, tgt, cross=False, window=window))
+    attn(tvm.runtime.tensor(q, dev), kc, vc, tvm.runtime.tensor(bias, dev), out)
+    qh = q[:, :inner].reshape(B, H, dk)
+    s = np.einsum("bhd,tbhd->bht", qh, keys) + bias[None, :, :steps]
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want = np.einsum("bht,tbhd->bhd", p, vals).reshape(B, inner)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
+    assert np.count_nonzero(~np.isnan(kc_np)) == B * H * dk * steps  # one slot per written key, all in `layer`

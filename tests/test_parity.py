@@ -34,10 +34,10 @@ def test_tiny12_batch8_matches_transformers(make_set, parity_entries):
     _check(make_set, parity_entries, "tiny_12", 8, 16)
 
 
-def test_rows_ending_at_different_steps(make_set, parity_entries):
+@pytest.mark.parametrize("T", [24, 32])  # the CPU key cache: one block of 24, two blocks of 16
+def test_rows_ending_at_different_steps(make_set, parity_entries, T):
     """EOS made likely (head row shadowing a common byte): rows end early, late or never, so
     early exit, padding after EOS and truncation are all exercised against the reference."""
-    T = 24
     engine, rep = _check(make_set, parity_entries[:200], "tiny_8", 8, T, eos_shadow=373)
     ck, art = make_set(arch="tiny_8", eos_shadow=373, T=T, batch_sizes=(8,))
     from g2p_batch.tokenizer import encode, pad_batch
