@@ -27,7 +27,8 @@ from .tokenizer import PromptFormat
 
 log = logging.getLogger("g2p_batch.artifacts")
 FORMAT = 3  # 2: packed-token encoder, cross K/V made by encode (no prefill function);
-# 3: CPU params interleave the gated feed-forward's two halves (loader.interleave_gated)
+# 3: on CPU, params interleave the gated feed-forward's halves (loader.interleave_gated) and the
+# decoder's key cache comes in blocks (shapes.cache_shapes)
 _LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 

@@ -8,9 +8,11 @@ rules of `cuda_rules`.
 
 Layouts chosen for the schedules:
 - dense weights are packed `[N/16, K, 16]` on CPU (a 16-wide column strip is contiguous, so the
-  inner loop is one 2x8-float FMA row), `[N, K]` (torch's own) on GPU;
-- attention keys are stored transposed (`[.., d_kv, T]`) so that query-key products vectorise
-  over key positions, values as `[.., T, d_kv]` so that weighted sums vectorise over d_kv;
+  inner loop is one 2x8-float FMA row), `[N, K]` (torch's own) on GPU; the gated feed-forward's
+  two halves alternate strip by strip on CPU (`gated_dense`);
+- attention keys are stored transposed (`[.., d_kv, T]`, on CPU in blocks of 16 positions for
+  the decoder's cache) so that query-key products vectorise over key positions, values as
+  `[.., T, d_kv]` so that weighted sums vectorise over d_kv;
 - the encoder's kernels take `M=None` rows: the batch's real tokens, packed (see `_tokens`).
 """
 
