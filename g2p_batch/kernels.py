@@ -321,14 +321,20 @@ def _exp(x):
     return tirx.Select(x < f32(_EXP_LO), f32(0.0), y * two_n)
 
 
-def _softmax_rows(score, shape, reduce_extent, name):
+def _exp_for(tgt: KernelTarget):
+    """`_exp` on CPU; CUDA keeps `exp` (a fast hardware instruction there, and the GPU kernels
+    stay as validated on a device)."""
+    return _exp if tgt.kind == "cpu" else tirx.exp
+
+
+def _softmax_rows(score, shape, reduce_extent, name, exp=_exp):
     """softmax over the last axis as named stages (max, exp, sum, then `name` = exp / sum, one
     division per score as torch does, not one per score and output column); `score(*ix)` adds
     bias and mask to the raw products, so they are read where they are used."""
     *lead, _ = shape
     t = te.reduce_axis((0, reduce_extent), name=f"{name}_t")
     m = te.compute(tuple(lead), lambda *ix: te.max(score(*ix, t), axis=t), name=f"{name}_max")
-    e = te.compute(shape, lambda *ix: _exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
+    e = te.compute(shape, lambda *ix: exp(score(*ix) - m[ix[:-1]]), name=f"{name}_exp")
     t2 = te.reduce_axis((0, reduce_extent), name=f"{name}_t2")
     z = te.compute(tuple(lead), lambda *ix: te.sum(e[(*ix, t2)], axis=t2), name=f"{name}_sum")
     return te.compute(shape, lambda *ix: e[ix] / z[ix[:-1]], name=name)
@@ -619,10 +625,10 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
     s = te.compute((B, H, W), lambda b, h, t: te.sum(q[b, h * dk + d] * key(b, h, d, t), axis=d), name="s")
     if cross:
         add = te.placeholder((B, W), "float32", name="mask")
-        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, W), W, "sm")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[b, t], (B, H, W), W, "sm", _exp_for(tgt))
     else:
         add = te.placeholder((H, W), "float32", name="bias")
-        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, W), W, "sm")
+        p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, W), W, "sm", _exp_for(tgt))
     t = te.reduce_axis((0, W), name="t")
     o = te.compute((B, H * dk), lambda b, c: te.sum(p[b, c // dk, t] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
     sched = _sched_fused_attention(dk, 8) if tgt.kind == "cpu" else _sched_attention_gpu(dk, W)
@@ -637,7 +643,8 @@ def greedy_head(B: int, V: int, tgt: KernelTarget):
     v2 = te.reduce_axis((0, V), name="v2")
     idx = te.compute((B,), lambda b: te.min(tirx.Select(x[b, v2] == m[b], v2, V), axis=v2), name="idx")
     v3 = te.reduce_axis((0, V), name="v3")
-    z = te.compute((B,), lambda b: te.sum(_exp(x[b, v3] - m[b]), axis=v3), name="z")
+    exp = _exp_for(tgt)
+    z = te.compute((B,), lambda b: te.sum(exp(x[b, v3] - m[b]), axis=v3), name="z")
     ids = te.compute((B,), lambda b: idx[b].astype("int32"), name="ids")
     logp = te.compute((B,), lambda b: -tirx.log(z[b]), name="logp")
     sched = None
