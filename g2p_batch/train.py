@@ -546,6 +546,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
                         stop["reason"] = "non-finite"
                         break
                     step += 1
+                    b_in_epoch = b + 1
                     continue
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -593,7 +594,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
         "epochs_done": step / max(spe, 1), "epochs_completed": epoch,
         "stopped_early": stop["reason"] is not None, "stop_reason": stop["reason"],
         "seconds": time.time() - t0, "load_seconds": t_load, "train_seconds": t_train,
-        "skipped_steps": skipped,
+        "skipped_steps": skipped, "updates": step - len(skipped),  # steps count every batch consumed
         "first_loss": history[0]["loss"] if history else None,
         "final_loss": history[-1]["loss"] if history else None, "final_lr": cur_lr,
         "loss_history": history,

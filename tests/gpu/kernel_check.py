@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 # name: (kind, B, L or T, H, dk, window)
 CASES = {
     "enc_t8": ("enc", 16, 32, 6, 64, None),
@@ -132,8 +134,6 @@ def run(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    import numpy as np
-
     if sys.argv[1] == "build":
         build(Path(sys.argv[2]))
     else:
