@@ -1,5 +1,6 @@
-"""Kernel-level checks that do not depend on the host's ISA: every CPU dense tile and the packed
-token rows compute what numpy does, and the encoder's token packing round-trips."""
+"""Kernel-level checks that do not depend on the host's ISA: every CPU dense tile, the gated
+feed-forward, the vectorised exp and the blocked key cache compute what numpy does, and the
+encoder's token packing round-trips."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_gated_dense_matches_two_matmuls_and_the_gate(tile, rows, act):
 
 
 def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
-    """`_exp` replaces libm's expf in every softmax: masked scores (-3.4e38, -inf) must still
+    """`_exp` replaces libm's expf in the CPU's softmaxes: masked scores (-3.4e38, -inf) must still
     weigh exactly 0, and the rest stay within a few ulp of numpy."""
     from tvm import s_tir, te
 
