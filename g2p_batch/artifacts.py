@@ -28,7 +28,14 @@ from .tokenizer import PromptFormat
 log = logging.getLogger("g2p_batch.artifacts")
 FORMAT = 3  # 2: packed-token encoder, cross K/V made by encode (no prefill function);
 # 3: on CPU, params interleave the gated feed-forward's halves (loader.interleave_gated) and the
-# decoder's key cache comes in blocks (shapes.cache_shapes)
+# decoder's key cache comes in blocks (shapes.cache_shapes); GPU sets are the same as in 2
+
+
+def format_ok(manifest: dict) -> bool:
+    """Whether this version can run a set: its own format, or a format-2 GPU set (3 changed
+    only the CPU's layouts; GPU tooling benches sets built by older revisions)."""
+    fmt = manifest.get("format")
+    return fmt == FORMAT or (fmt == 2 and manifest.get("kernel_target") == "gpu")
 _LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 
@@ -92,7 +99,7 @@ def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -
         ("target", target, manifest["target"]),
         ("max_output_len", req.max_output_len, manifest["max_output_len"]),
         ("prompt format", req.prompt.to_dict(), manifest["prompt"]),
-        ("format", FORMAT, manifest.get("format")),
+        ("format", FORMAT, FORMAT if format_ok(manifest) else manifest.get("format")),
     ):
         if want != have:
             diffs.append(f"{key}: requested {want!r}, artifacts have {have!r}")

@@ -155,7 +155,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from safetensors.numpy import load_file
 
     from . import targets
-    from .artifacts import FORMAT, ArtifactMismatch, read_manifest, verify_files
+    from .artifacts import FORMAT, ArtifactMismatch, format_ok, read_manifest, verify_files
     from .loader import bucket_params
     from .shapes import T5Shape, cache_shapes, param_specs
 
@@ -166,7 +166,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     manifest = read_manifest(path)
     if check_files:
         verify_files(path, manifest, params=checkpoint is None)
-    if manifest.get("format") != FORMAT:  # the params layout and the modules' arguments changed
+    if not format_ok(manifest):  # the params layout and the modules' arguments changed
         raise ArtifactMismatch(f"artifacts in {path} have format {manifest.get('format')}, this g2p-batch reads "
                                f"format {FORMAT}; remove {path} and compile them again")
     target = manifest["target"]

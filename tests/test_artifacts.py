@@ -82,3 +82,20 @@ def test_same_named_checkpoints_share_a_set_and_each_job_packs_its_own_weights(t
     (out / _manifest(out)["buckets"][0]["path"]).write_bytes(b"half-written")
     with pytest.raises(artifacts.ArtifactMismatch, match="does not match its manifest sha256"):
         artifacts.pack(out, checkpoint.load(ck).sha256)
+
+
+def test_a_cpu_set_of_an_older_format_is_refused_by_name(tmp_path):
+    """Format 3 changed the CPU's params layout and key cache: an older CPU set must fail with
+    the folder to remove, not decode garbage; an older GPU set is unchanged and still loads."""
+    ck, root = tmp_path / "model", tmp_path / "artifacts"
+    checkpoint.make("micro", 0, ck)
+    out = _ensure(ck, root)
+    m = _manifest(out)
+    (out / "manifest.json").write_text(json.dumps({**m, "format": 2}))
+    with pytest.raises(artifacts.ArtifactMismatch, match="format") as err:
+        load_engine(out)
+    assert str(out) in str(err.value)
+    with pytest.raises(artifacts.ArtifactMismatch, match="format: requested 3, artifacts have 2"):
+        _ensure(ck, root)
+    assert artifacts.format_ok({**m, "format": 2, "kernel_target": "gpu"})
+    assert not artifacts.format_ok({**m, "format": 1, "kernel_target": "gpu"})
