@@ -28,7 +28,8 @@ from .tokenizer import PromptFormat
 log = logging.getLogger("g2p_batch.artifacts")
 FORMAT = 3  # 2: packed-token encoder, cross K/V made by encode (no prefill function);
 # 3: on CPU, params interleave the gated feed-forward's halves (loader.interleave_gated) and the
-# decoder's key cache comes in blocks (shapes.cache_shapes); GPU sets are the same as in 2
+# decoder's key cache comes in blocks (shapes.key_cache_shape); GPU sets are the same as in 2
+_LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 
 def format_ok(manifest: dict) -> bool:
@@ -36,7 +37,6 @@ def format_ok(manifest: dict) -> bool:
     only the CPU's layouts; GPU tooling benches sets built by older revisions)."""
     fmt = manifest.get("format")
     return fmt == FORMAT or (fmt == 2 and manifest.get("kernel_target") == "gpu")
-_LANG_LIST = Path(__file__).parent / "data" / "lang_list.txt"
 
 
 class ArtifactMismatch(ValueError):

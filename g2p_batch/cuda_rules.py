@@ -7,8 +7,8 @@ thread's contiguous rows land on one bank, and more work per thread does not pay
 change 16). `Gemm` is the textbook fp32 GEMM instead: both operands stored transposed
 ([k][row]) in shared memory, each thread reading float4 columns of them into registers and
 keeping an 8x8 (or smaller) tile of outputs there: up to 36.7 TFLOP/s on the same shapes, and
-2.0-2.4x the stock tile on the encoder's wide layers (PERF.md, change 19). `pick_tile` chooses per kernel from the output size,
-by measurements on an H200.
+2.0-2.4x the stock tile on the encoder's wide layers (PERF.md, change 19). `pick_tile` chooses
+per kernel from the output size, by measurements on an H200.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 from tvm import s_tir
 
-from .shapes import PACK, TOKEN_BLOCK, key_block
+from .shapes import PACK, TOKEN_BLOCK, key_block, key_cache_shape
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,14 @@ def _k_divisible(sch, blk, f):
     return int(sch.get(k).extent) % f == 0
 
 
+def _cols_outer(M: int | None, N: int) -> bool:
+    """Column blocks outermost (see `_schedule_dense`): few rows, or wide weights."""
+    return M is not None or N >= 2048
+
+
 def dense(M: int | None, K: int, N: int, tgt: KernelTarget, residual: bool = False):
     """y = x @ W^T, plus the residual r when `residual` (T5 has no dense biases)."""
-    cols_outer = M is not None or N >= 2048  # see _schedule_dense: few rows, or wide weights
+    cols_outer = _cols_outer(M, N)
     M, scalars = _rows(M)
     x = te.placeholder((M, K), "float32", name="x")
     wshape = (N // PACK, K, PACK) if tgt.packed else (N, K)
@@ -181,12 +186,12 @@ def _stages_between(out, first) -> tuple[str, ...]:
     return tuple(names)
 
 
-def gated_act(M: int | None, F: int, act: str, tgt: KernelTarget):
-    """[M, 2F] -> [M, F]: act(a) * b, the gated feed-forward's middle, on GPUs (CPUs fold it
-    into `gated_dense`)."""
+def gated_act(M: int | None, F: int, act: str):
+    """[M, 2F] -> [M, F]: act(a) * b, the gated feed-forward's middle, on GPUs (left to dlight;
+    CPUs fold it into `gated_dense`)."""
     M, scalars = _rows(M)
     h = te.placeholder((M, 2 * F), "float32", name="h")
-    out, inline = _gate((M, F), lambda i, j: h[i, j], lambda i, j: h[i, F + j], act)
+    out, _ = _gate((M, F), lambda i, j: h[i, j], lambda i, j: h[i, F + j], act)
     return _finish([h] + scalars + [out], None)
 
 
@@ -200,7 +205,7 @@ def gated_dense(M: int | None, K: int, F: int, act: str, tgt: KernelTarget):
     tokens 4.58 -> 3.74 ms per layer, 64 rows 284 -> 250 us). Each output sums over k in the
     same order as `dense`, so results are bit-identical to the two-kernel form."""
     assert tgt.kind == "cpu", "gated_dense is the packed CPU form; GPUs run dense + gated_act"
-    cols_outer = M is not None or 2 * F >= 2048  # as in `dense`
+    cols_outer = _cols_outer(M, 2 * F)
     M, scalars = _rows(M)
     x = te.placeholder((M, K), "float32", name="x")
     w = te.placeholder((2 * F // PACK, K, PACK), "float32", name="w")
@@ -327,7 +332,7 @@ def _exp_for(tgt: KernelTarget):
     return _exp if tgt.kind == "cpu" else tirx.exp
 
 
-def _softmax_rows(score, shape, reduce_extent, name, exp=_exp):
+def _softmax_rows(score, shape, reduce_extent, name, exp):
     """softmax over the last axis as named stages (max, exp, sum, then `name` = exp / sum, one
     division per score as torch does, not one per score and output column); `score(*ix)` adds
     bias and mask to the raw products, so they are read where they are used."""
@@ -363,7 +368,7 @@ def encoder_attention(B: int, L: int, H: int, dk: int, tgt: KernelTarget):
     s = te.compute((n, H, L), lambda r, h, j: te.sum(qkv[r, h * dk + d] * kt[where[r] // L, h, d, j], axis=d),
                    name="s")
     p = _softmax_rows(lambda r, h, j: s[r, h, j] + bias[h, where[r] % L, j] + mask[where[r] // L, j],
-                      (n, H, L), L, "sm")
+                      (n, H, L), L, "sm", _exp)
     j = te.reduce_axis((0, L), name="j")
     o = te.compute((n, inner),
                    lambda r, c: te.sum(p[r, c // dk, j] * qkv[gather[where[r] // L, j], 2 * inner + c], axis=j),
@@ -586,10 +591,11 @@ def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTa
 
     # parallel over rows: a serial loop took 0.23 ms per call at B=64 (7% of a decoder step);
     # values first, one contiguous vector store per head, then the keys' scattered column
-    kb = key_block(T)  # blocked keys, shapes.cache_shapes
+    kshape, kb = key_cache_shape(Ld, B, H, dk, T, True), key_block(T)  # blocked keys
 
     @T_.prim_func(private=True)
-    def kv_write_cpu(kc: T_.Buffer((Ld, B, H, T // kb, dk, kb), "float32"), vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
+    def kv_write_cpu(kc: T_.Buffer(kshape, "float32"),
+                     vc: T_.Buffer((Ld, B, H, T, dk), "float32"),
                      qkv: T_.Buffer((B, 3 * inner), "float32"), pos: T_.Buffer((1,), "int32")):
         T_.func_attr({"tirx.noalias": True})
         for b in T_.parallel(B):
@@ -605,7 +611,7 @@ def kv_write(Ld: int, B: int, H: int, dk: int, T: int, layer: int, tgt: KernelTa
 def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols: int, tgt: KernelTarget,
                    cross: bool, window: int | None = None):
     """One query row per sequence against a cache [Ld, B, H, dk, T] / [Ld, B, H, T, dk] (the
-    CPU's self-attention keys in blocks: `shapes.cache_shapes`).
+    CPU's self-attention keys in blocks: `shapes.key_cache_shape`).
 
     Self-attention adds the causal relative-bias row for the current position (future
     positions hold -inf-like values, so the not-yet-written cache slots get zero weight) and
@@ -613,12 +619,12 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
     encoder padding mask [B, T]."""
     W = window or T
     q = te.placeholder((B, q_cols), "float32", name="q")
-    if tgt.packed and not cross:  # the CPU's blocked self-attention keys (shapes.cache_shapes)
-        kb = key_block(T)
-        kc = te.placeholder((Ld, B, H, T // kb, dk, kb), "float32", name="kc")
+    blocked = tgt.packed and not cross  # the CPU's self-attention keys (shapes.key_cache_shape)
+    kc = te.placeholder(key_cache_shape(Ld, B, H, dk, T, blocked), "float32", name="kc")
+    kb = key_block(T)
+    if blocked:
         key = lambda b, h, d, t: kc[layer, b, h, t // kb, d, t % kb]  # noqa: E731
     else:
-        kc = te.placeholder((Ld, B, H, dk, T), "float32", name="kc")
         key = lambda b, h, d, t: kc[layer, b, h, d, t]  # noqa: E731
     vc = te.placeholder((Ld, B, H, T, dk), "float32", name="vc")
     d = te.reduce_axis((0, dk), name="d")

@@ -68,7 +68,7 @@ class _Builder:
             act = self.bb.emit(relax.op.reshape(act, (rows, F)))
         elif s.gated:
             hid = self.dense(h, wi, M, s.d_model, 2 * F)
-            act = self.call(f"gated_{s.act}_{tag}x{F}", lambda: K.gated_act(M, F, s.act, self.tgt), [hid], (rows, F),
+            act = self.call(f"gated_{s.act}_{tag}x{F}", lambda: K.gated_act(M, F, s.act), [hid], (rows, F),
                             tokens=M is None)
         else:
             hid = self.dense(h, wi, M, s.d_model, F)

@@ -99,14 +99,18 @@ def key_block(T: int) -> int:
     return STEP_WINDOW if T % STEP_WINDOW == 0 else T
 
 
+def key_cache_shape(Ld: int, B: int, H: int, dk: int, T: int, packed: bool) -> tuple:
+    """The self-attention key cache, transposed. On CPU in blocks of `key_block` positions,
+    [Ld, B, H, T/kb, d_kv, kb]: the short window's keys are then one contiguous 4 KB run per
+    (row, head), where rows of T=32 made each read and each cache write touch a 128-byte pair of
+    lines for 64 useful bytes. GPUs: [Ld, B, H, d_kv, T]."""
+    return (Ld, B, H, T // key_block(T), dk, key_block(T)) if packed else (Ld, B, H, dk, T)
+
+
 def cache_shapes(s: T5Shape, B: int, T: int, packed: bool) -> tuple[tuple, tuple]:
-    """The self-attention caches: keys transposed, values [Ld, B, H, T, d_kv]. On CPU the keys
-    are in blocks of `key_block` positions, [Ld, B, H, T/kb, d_kv, kb]: the short window's keys
-    are then one contiguous 4 KB run per (row, head), where rows of T=32 made each read and each
-    cache write touch a 128-byte pair of lines for 64 useful bytes. GPUs: [Ld, B, H, d_kv, T]."""
+    """The self-attention caches: keys (`key_cache_shape`), values [Ld, B, H, T, d_kv]."""
     Ld, H, dk = s.dec_layers, s.heads, s.d_kv
-    keys = (Ld, B, H, T // key_block(T), dk, key_block(T)) if packed else (Ld, B, H, dk, T)
-    return keys, (Ld, B, H, T, dk)
+    return key_cache_shape(Ld, B, H, dk, T, packed), (Ld, B, H, T, dk)
 
 
 def step_function_name(T: int, window: int) -> str:

@@ -130,7 +130,7 @@ def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
 
 @pytest.mark.parametrize("T,window", [(32, 16), (32, None), (24, 16)])  # 24: one block of 24 keys
 def test_self_attention_reads_the_keys_kv_write_put_in_the_blocked_cache(T, window):
-    """The CPU's key cache is blocked ([.., T/16, d_kv, 16], `shapes.cache_shapes`): keys written
+    """The CPU's key cache is blocked ([.., T/16, d_kv, 16], `shapes.key_cache_shape`): keys written
     step by step at every position must come back in position order, past the first block."""
     from g2p_batch.shapes import key_block
 
