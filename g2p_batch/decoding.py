@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .tokenizer import EOS, PAD
+
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)  # compiled unless told: single words up to the bench's 64
 
 
@@ -36,6 +38,27 @@ class DecodeOutput:
     scores: np.ndarray     # [B] float32 mean log-probability of the greedy tokens
     truncated: np.ndarray  # [B] bool: reached max_output_len without emitting EOS
     steps: int = 0         # decoder steps actually run (early exit when all rows ended)
+
+
+def greedy_output(raw_ids: np.ndarray, raw_logp: np.ndarray, filler: np.ndarray, max_len: int) -> DecodeOutput:
+    """Rows' results from the decoder's raw per-step argmax ids and log-probabilities [B, steps],
+    as generate() reports them: tokens up to and including the first EOS, PAD after it; the
+    length counts the EOS; the score is the mean log-probability of those tokens, summed in
+    step order. `filler` rows (padding a partly used batch) produce nothing.
+
+    The runtime feeds each row its own argmax even after its EOS (generate feeds pad): rows never
+    interact, so that changes no kept token, and the host need not touch the ids between steps."""
+    B, steps = raw_ids.shape
+    ended = np.cumsum(raw_ids == EOS, axis=1) > 0  # an EOS at or before each step
+    before = np.concatenate([np.zeros((B, 1), bool), ended[:, :-1]], axis=1)
+    live = ~filler[:, None] & ~before
+    tokens = np.full((B, max_len), PAD, np.int32)
+    tokens[:, :steps] = np.where(live, raw_ids, PAD)
+    lengths = live.sum(axis=1).astype(np.int32)
+    logp_sum = np.cumsum(np.where(live, raw_logp.astype(np.float64), 0.0), axis=1)[:, -1]
+    scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
+    return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=~filler & ~ended[:, -1],
+                        steps=steps)
 
 
 class Engine(Protocol):

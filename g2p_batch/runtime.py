@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import Bucket, DecodeOutput
+from .decoding import Bucket, DecodeOutput, greedy_output
 from .shapes import NEG_INF, TOKEN_BLOCK
 from .tokenizer import EOS, PAD
 
@@ -96,34 +96,26 @@ class TVMEngine:
         t1 = time.perf_counter()
         self.stage_seconds["encode"] += t1 - t0
 
-        tokens = np.zeros((B, T), np.int32)
-        lengths = np.zeros(B, np.int32)
-        logp_sum = np.zeros(B, np.float64)
-        done = ids[:, 0] == PAD  # filler rows of a partly used batch never hold the loop open
+        filler = ids[:, 0] == PAD  # rows padding a partly used batch never hold the loop open
+        done = filler.copy()
         step_in = tvm.runtime.tensor(np.zeros(B, np.int32), dev)  # decoder_start_token_id = 0
-        steps = 0
+        raw_ids, raw_logp = [], []
         step_full = bv.vm["step"]
         step_short = bv.vm[f"step_w{bv.window}"] if bv.window else step_full
         for t in range(T):
             step = step_short if t < bv.window else step_full
             out = step(step_in, bv.pos[t], bv.k_cache, bv.v_cache, ck, cv, mask, *bv.args["step"])
-            nxt = out[0].numpy()
-            logp = out[1].numpy()
-            steps += 1
-            live = ~done
-            nxt = np.where(live, nxt, PAD).astype(np.int32)  # as generate(): finished rows emit pad
-            tokens[:, t] = nxt
-            lengths += live
-            logp_sum += np.where(live, logp, 0.0)
-            done = done | (nxt == EOS)
-            if early_exit and done.all():
-                break
-            step_in = tvm.runtime.tensor(nxt, dev)
+            step_in = out[0]  # straight back in: the host reads ids only to stop early (greedy_output)
+            raw_ids.append(out[0])
+            raw_logp.append(out[1])
+            if early_exit:
+                done |= out[0].numpy() == EOS
+                if done.all():
+                    break
+        result = greedy_output(np.stack([a.numpy() for a in raw_ids], axis=1),
+                               np.stack([a.numpy() for a in raw_logp], axis=1), filler, T)
         self.stage_seconds["decode"] += time.perf_counter() - t1
-        real = ids[:, 0] != PAD
-        truncated = real & ~done
-        scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
-        return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated, steps=steps)
+        return result
 
 
 def pack_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -117,3 +117,37 @@ def test_too_long_counts_prefix_and_eos():
 def test_known_langs_none_accepts_any_code():
     plan = plan_batches(["zz"], ["word"], BUCKETS, known_langs=None)
     assert plan.errors == {}
+
+
+def test_greedy_output_matches_generate_step_by_step():
+    """`decoding.greedy_output` rebuilds, after the loop, what the step-by-step bookkeeping of
+    generate() records: each row stops at its first EOS (PAD after, EOS counted), later raw ids
+    of a finished row are ignored, filler rows give nothing, and rows without EOS are truncated."""
+    import numpy as np
+
+    from g2p_batch.decoding import greedy_output
+    from g2p_batch.tokenizer import EOS, PAD
+
+    rng = np.random.default_rng(7)
+    B, steps, T = 9, 6, 8
+    raw = rng.integers(3, 50, (B, steps)).astype(np.int32)
+    raw[0, 0] = EOS                       # ends at once
+    raw[1, [2, 4]] = EOS                  # a second EOS after the first is ignored
+    raw[2, steps - 1] = EOS               # ends on the last step
+    raw[4, 1] = EOS                       # a filler row: nothing, whatever it decodes
+    logp = rng.uniform(-3, 0, (B, steps)).astype(np.float32)
+    filler = np.zeros(B, bool)
+    filler[4] = True
+    want_tok, want_len, want_sum, done = np.zeros((B, T), np.int32), np.zeros(B, np.int32), np.zeros(B), filler.copy()
+    for t in range(steps):  # the loop the runtime ran before, with generate's pad for finished rows
+        live = ~done
+        nxt = np.where(live, raw[:, t], PAD)
+        want_tok[:, t] = nxt
+        want_len += live
+        want_sum += np.where(live, logp[:, t], 0.0)
+        done |= nxt == EOS
+    out = greedy_output(raw, logp, filler, T)
+    assert (out.tokens == want_tok).all() and (out.lengths == want_len).all()
+    np.testing.assert_array_equal(out.scores, np.where(want_len > 0, want_sum / np.maximum(want_len, 1), 0).astype(np.float32))
+    assert out.truncated.tolist() == (~done).tolist() and out.steps == steps
+    assert out.lengths[:3].tolist() == [1, 3, 6] and out.lengths[4] == 0 and (out.tokens[4] == PAD).all()

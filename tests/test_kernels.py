@@ -41,7 +41,7 @@ def test_pack_tokens_rounds_rows_up_to_blocks_of_16():
 
 
 @pytest.mark.parametrize("tile", [(4, 16), (8, 32)])
-@pytest.mark.parametrize("rows", [24, None])  # None: the encoder's packed rows, 16*m
+@pytest.mark.parametrize("rows", [24, 64, None])  # 64: prefetches; None: the encoder's packed rows, 16*m
 @pytest.mark.parametrize("N,residual", [(96, False), (96, True), (80, True)])  # 80: no 32-wide blocks
 def test_dense_tiles_match_numpy(tile, rows, N, residual):
     Kd, m = 32, 3
@@ -56,6 +56,19 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     fn(*args, *([m] if rows is None else []), out)
     want = x @ w.T + (r if residual else 0)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows,expected", [(64, True), (32, True), (8, False), (None, False)])
+def test_decoder_dense_prefetches_the_next_column_block(rows, expected):
+    """Only the fixed-row layers with column blocks outermost and at least 4 row tiles ask for
+    the next block's weights (`kernels._prefetch_next_block`); the packed encoder and batch 8
+    do not. The prefetched strip is clamped to the last one, which the last block re-reads."""
+    tgt = K.KernelTarget("cpu", (8, 32))
+    for f in (K.dense(rows, 256, 1152, tgt), K.gated_dense(rows, 256, 1024, "gelu_new", tgt)):
+        src = f.script()
+        assert ("llvm.prefetch" in src) == expected
+        if expected:
+            assert "T.min(" in src and (", 71)" in src or ", 127)" in src)  # 72 and 128 strips
 
 
 def test_greedy_head_takes_the_first_of_tied_maxima():
@@ -87,7 +100,7 @@ def _gelu_new(a):
 
 
 @pytest.mark.parametrize("tile", [(4, 16), (8, 32)])
-@pytest.mark.parametrize("rows", [1, 24, None])
+@pytest.mark.parametrize("rows", [1, 24, 64, None])  # 64: prefetches the next column block
 @pytest.mark.parametrize("act", ["gelu_new", "relu"])
 def test_gated_dense_matches_two_matmuls_and_the_gate(tile, rows, act):
     """The CPU gated feed-forward reads `loader.interleave_gated`'s layout; a wrong strip order
