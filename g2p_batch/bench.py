@@ -15,6 +15,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class BenchConfig:
     engines: tuple = ENGINES
     device: str = "cpu"            # cpu | cuda
     latency_runs: int = 20
+    rounds: int = 3                # timed passes per engine, interleaved across engines; the median is reported
     seed: int = 0
     cache_dir: str = "artifacts/bench"
     max_output_len: int = 32
@@ -71,25 +73,162 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def _measure(run_batch, batches, single, runs: int, stages: dict | None = None) -> dict:
-    """One warm-up batch (first calls page in code and weights), the timed pass over every
-    batch, then the median of `runs` single-word calls (none without `single`). `stages` (an
-    engine's cumulative stage_seconds) is zeroed after the warm-up and read right after the
-    timed pass."""
-    run_batch(batches[0])
-    if stages is not None:
-        stages.update({k: 0.0 for k in stages})
+_SETTLE_S = 0.5  # before each pass: the previous engine's idle threads stop spinning (OpenMP
+# runtimes spin up to 200 ms after a parallel region), so no pass starts on a shared core
+
+
+@dataclass
+class Runner:
+    """One engine ready to time: `run_batch(idx)` decodes those rows; `single()` one word at
+    batch 1 (None where the engine has no batch-1 form); `stages` the engine's cumulative
+    stage seconds, if it keeps any."""
+
+    run_batch: Callable
+    single: Callable | None
+    stages: dict | None = None
+    note: str | None = None
+
+
+def _timed_pass(runner: Runner, batches) -> dict:
+    if runner.stages is not None:
+        runner.stages.update({k: 0.0 for k in runner.stages})
     t = time.perf_counter()
     for idx in batches:
-        run_batch(idx)
-    total = time.perf_counter() - t
-    out = {"seconds": total}
-    if stages is not None:
-        out.update({f"{k}_s": v for k, v in stages.items()})
-    if single is None:
-        return out
-    lat = [_timed(single) for _ in range(runs)]
-    return {**out, "latency_ms": 1000 * statistics.median(lat)}
+        runner.run_batch(idx)
+    out = {"seconds": time.perf_counter() - t}
+    if runner.stages is not None:
+        out.update({f"{k}_s": v for k, v in runner.stages.items()})
+    return out
+
+
+def _latency_ms(runner: Runner, runs: int) -> float | None:
+    if runner.single is None:
+        return None
+    return 1000 * statistics.median(_timed(runner.single) for _ in range(runs))
+
+
+class Local:
+    """An engine timed in this process (tests; the profile)."""
+
+    def __init__(self, runner: Runner, batches, latency_runs: int):
+        self.runner, self.batches, self.latency_runs, self.note = runner, batches, latency_runs, runner.note
+
+    def timed_pass(self) -> dict:
+        return _timed_pass(self.runner, self.batches)
+
+    def latency_ms(self) -> float | None:
+        return _latency_ms(self.runner, self.latency_runs)
+
+    def close(self) -> None:
+        pass
+
+
+def _serve(conn, name, cfg, ckpt, rows, batches, steps) -> None:
+    """An engine's own process: load, warm up (first calls page in code and weights), then time
+    a pass or the latency whenever the bench asks, until told to stop."""
+    try:
+        runner = _make_runner(name, cfg, ckpt, rows, steps)
+        runner.run_batch(batches[0])
+    except ImportError as exc:
+        conn.send(("missing", exc.name))
+        return
+    except Exception as exc:  # noqa: BLE001 - re-raised in the bench's process
+        conn.send(("failed", exc))
+        return
+    conn.send(("ready", runner.note))
+    while (cmd := conn.recv()) != "stop":
+        conn.send(_timed_pass(runner, batches) if cmd == "pass" else _latency_ms(runner, cfg.latency_runs))
+
+
+class Isolated:
+    """An engine in a process of its own, stopped (SIGSTOP) while the others run. In one process
+    the engines' thread pools met: loaded beside CTranslate2, transformers ran 1.4x slower (12.5
+    s a pass against 9.0, batch 1 135 ms against 50), and a TVM pool started after torch's import
+    never spun between kernels. In processes of their own, an idle CTranslate2 still took CPU
+    from the others (transformers 3-7% slower beside it, 10 s more system time per run)."""
+
+    def __init__(self, name, cfg, ckpt, rows, batches, steps):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # no forked copies of a parent's thread pools
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, name, cfg, ckpt, rows, batches, steps), daemon=True)
+        self.proc.start()
+        child.close()  # the child's end lives in the child: its death then reads as EOF here
+        kind, info = self._recv()
+        if kind == "missing":
+            self.close()
+            raise ModuleNotFoundError(f"No module named {info!r}", name=info)
+        if kind == "failed":
+            self.close()
+            raise info
+        self.note = info
+        self._signal("SIGSTOP")
+
+    def _signal(self, name: str) -> None:
+        import signal
+
+        if hasattr(signal, name) and self.proc.is_alive():  # POSIX only
+            os.kill(self.proc.pid, getattr(signal, name))
+
+    def _recv(self):
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join(timeout=5)
+            raise RuntimeError(f"the {self.name} engine's process died (exit code {self.proc.exitcode})") from None
+
+    def _ask(self, cmd: str):
+        self._signal("SIGCONT")
+        try:
+            self.conn.send(cmd)
+            return self._recv()
+        finally:
+            self._signal("SIGSTOP")
+
+    def timed_pass(self) -> dict:
+        return self._ask("pass")
+
+    def latency_ms(self) -> float | None:
+        return self._ask("latency")
+
+    def close(self) -> None:
+        self._signal("SIGCONT")
+        if self.proc.is_alive():
+            try:
+                self.conn.send("stop")
+            except OSError:
+                pass
+            self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _measure(engines: dict, rounds: int, progress=print) -> dict:
+    """`rounds` timed passes over every batch, the engines taking turns within each round, and
+    per engine the median pass; then each engine's batch-1 latency. Taking turns puts every
+    engine's passes in the same stretches of time: run once each, one after another, the
+    engines met different phases of these shared machines (the same build read 1.66x and 1.93x
+    transformers in two back-to-back runs)."""
+    passes: dict[str, list] = {name: [] for name in engines}
+    for i in range(rounds):
+        for name, e in engines.items():
+            progress(f"round {i + 1}/{rounds}: {name} ...")
+            time.sleep(_SETTLE_S)
+            passes[name].append(e.timed_pass())
+    out = {}
+    for name, e in engines.items():
+        by_time = sorted(passes[name], key=lambda p: p["seconds"])
+        res = {**by_time[(len(by_time) - 1) // 2], "rounds_seconds": [p["seconds"] for p in passes[name]]}
+        time.sleep(_SETTLE_S)
+        lat = e.latency_ms()
+        if lat is not None:
+            res["latency_ms"] = lat
+        if e.note:
+            res["latency_note"] = e.note
+        out[name] = res
+    return out
 
 
 def flops(s: T5Shape, in_len: int, steps: int) -> tuple[float, float]:
@@ -163,16 +302,25 @@ def _tvm_batch_runner(eng, cfg, rows, steps):
     return run_batch, input_len
 
 
-def run_tvm(cfg, ckpt, rows, batches, steps):
+def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
+    if name == "tvm":
+        return tvm_runner(cfg, ckpt, rows, steps)
+    if name == "transformers":
+        return transformers_runner(cfg, ckpt, rows, steps)
+    if name in ("ct2-fp32", "ct2-int8"):
+        return ct2_runner(cfg, ckpt, rows, steps, "float32" if name == "ct2-fp32" else "int8")
+    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+
+
+def tvm_runner(cfg, ckpt, rows, steps) -> Runner:
     eng = _tvm_engine(cfg, ckpt)
     run_batch, _ = _tvm_batch_runner(eng, cfg, rows, steps)
     smallest = min(b.batch for b in eng.buckets)
+    if smallest == 1:
+        return Runner(run_batch, lambda: run_batch([0]), eng.stage_seconds)
     # a prebuilt set without batch 1 (the GPU's 4096 set) would time one word padded to a batch
-    single = (lambda: run_batch([0])) if smallest == 1 else None
-    r = _measure(run_batch, batches, single, cfg.latency_runs, eng.stage_seconds)
-    if single is None:
-        r["latency_note"] = f"no batch-1 module: one word runs padded to {smallest} rows, so no latency is reported"
-    return r
+    return Runner(run_batch, None, eng.stage_seconds,
+                  note=f"no batch-1 module: one word runs padded to {smallest} rows, so no latency is reported")
 
 
 def profile_tvm(cfg: BenchConfig) -> dict:
@@ -209,8 +357,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     return {"batch": cfg.batch, "input_len": input_len(idx), "steps": cfg.steps, "wall_ms": 1e3 * wall, "kernels": kernels}
 
 
-def run_transformers(cfg, ckpt, rows, batches, steps):
-    os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+def transformers_runner(cfg, ckpt, rows, steps) -> Runner:
     import torch
 
     from .reference import Reference
@@ -231,7 +378,7 @@ def run_transformers(cfg, ckpt, rows, batches, steps):
             torch.cuda.synchronize()
         return out
 
-    return _measure(run_batch, batches, lambda: run_batch([0]), cfg.latency_runs)
+    return Runner(run_batch, lambda: run_batch([0]))
 
 
 def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
@@ -260,7 +407,7 @@ def convert_ct2(ckpt: str, out: Path, quantization: str | None) -> Path:
     return out
 
 
-def run_ct2(cfg, ckpt, rows, batches, steps, compute_type):
+def ct2_runner(cfg, ckpt, rows, steps, compute_type) -> Runner:
     import ctranslate2
     from transformers import ByT5Tokenizer
 
@@ -275,7 +422,7 @@ def run_ct2(cfg, ckpt, rows, batches, steps, compute_type):
     def run_batch(idx):
         return tr.translate_batch([src[i] for i in idx], beam_size=1, max_batch_size=len(idx), **kw)
 
-    return _measure(run_batch, batches, lambda: run_batch([0]), cfg.latency_runs)
+    return Runner(run_batch, lambda: run_batch([0]))
 
 
 # --------------------------------------------------------------------------- driver
@@ -298,24 +445,29 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     if cfg.device == "cpu":
         result["matmul_ceiling_gflops"] = matmul_ceiling(cfg.threads)
         progress(f"fp32 matmul ceiling (numpy, {cfg.threads} threads): {result['matmul_ceiling_gflops']:.1f} GFLOP/s")
+    unknown = [n for n in cfg.engines if n not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine {unknown[0]!r}; choose from {ENGINES}")
+    engines, failed = {}, {}
+    try:
+        for name in cfg.engines:  # loaded one at a time, each in its own process (`Isolated`)
+            progress(f"loading {name} ...")
+            try:
+                engines[name] = Isolated(name, cfg, ckpt_path, rows, batches, steps)
+            except ImportError as exc:
+                failed[name] = {"error": f"not installed: {exc.name} (pip install g2p-batch[bench])"}
+        measured = _measure(engines, cfg.rounds, progress)
+    finally:
+        for e in engines.values():
+            e.close()
     for name in cfg.engines:
-        progress(f"running {name} ...")
-        try:
-            if name == "tvm":
-                r = run_tvm(cfg, ckpt_path, rows, batches, steps)
-                r["encode_gflops"] = len(rows) * enc_f / 1e9 / max(r["encode_s"], 1e-9)
-                if steps:
-                    r["decode_gflops"] = len(rows) * dec_f / 1e9 / max(r["decode_s"], 1e-9)
-            elif name == "transformers":
-                r = run_transformers(cfg, ckpt_path, rows, batches, steps)
-            elif name.startswith("ct2"):
-                r = run_ct2(cfg, ckpt_path, rows, batches, steps, "float32" if name == "ct2-fp32" else "int8")
-            else:
-                raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
-        except ImportError as exc:
-            r = {"error": f"not installed: {exc.name} (pip install g2p-batch[bench])"}
+        r = measured.get(name) or failed[name]
         if "seconds" in r:
             r["words_per_s"] = len(rows) / r["seconds"]
+        if "encode_s" in r:
+            r["encode_gflops"] = len(rows) * enc_f / 1e9 / max(r["encode_s"], 1e-9)
+            if steps:
+                r["decode_gflops"] = len(rows) * dec_f / 1e9 / max(r["decode_s"], 1e-9)
         result["engines"][name] = r
     base = result["engines"].get("transformers", {}).get("words_per_s")
     for r in result["engines"].values():
@@ -337,6 +489,9 @@ def table(result: dict) -> str:
             return format(r[key], fmt) if key in r else "-".rjust(width)
         lines.append(f"{name:<14}{f('words_per_s', '10.1f')}{f('vs_transformers', '11.2f')}{f('latency_ms', '9.2f')}"
                      f"{f('encode_s', '8.2f')}{f('decode_s', '8.2f')}{f('encode_gflops', '10.1f')}{f('decode_gflops', '10.1f')}")
+    rounds = result.get("config", {}).get("rounds", 1)
+    if rounds > 1:
+        lines.append(f"each engine: the median of {rounds} timed passes, the engines taking turns")
     if "matmul_ceiling_gflops" in result:
         lines.append(f"fp32 matmul ceiling: {result['matmul_ceiling_gflops']:.1f} GFLOP/s; "
                      f"{result['gflop_per_word']:.3f} GFLOP/word -> roof "

@@ -257,6 +257,7 @@ def bench(
     engines: Annotated[str, typer.Option(help="comma-separated: tvm,transformers,ct2-fp32,ct2-int8")] = "tvm,transformers,ct2-fp32,ct2-int8",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     latency_runs: Annotated[int, typer.Option()] = 20,
+    rounds: Annotated[int, typer.Option(help="timed passes per engine, the engines taking turns; the median counts")] = 3,
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
     cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
@@ -270,7 +271,8 @@ def bench(
     from . import bench as B
     cfg = B.BenchConfig(checkpoint=checkpoint, data=str(data), words=words, batch=batch, steps=steps or None,
                         threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
-                        device=device, latency_runs=latency_runs, cache_dir=cache_dir, artifacts=artifacts)
+                        device=device, latency_runs=latency_runs, rounds=max(1, rounds), cache_dir=cache_dir,
+                        artifacts=artifacts)
     out.mkdir(parents=True, exist_ok=True)
     if profile:
         res = B.profile_tvm(cfg)

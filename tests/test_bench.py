@@ -56,11 +56,59 @@ def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
     cfg = SimpleNamespace(batch=8, latency_runs=2)
     rows, batches = [[5] * 10] * 16, [list(range(8)), list(range(8, 16))]
 
+    def measure():
+        local = bench.Local(bench.tvm_runner(cfg, None, rows, 14), batches, cfg.latency_runs)
+        return bench._measure({"tvm": local}, 1, progress=lambda m: None)["tvm"]
+
     monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((8,)))
-    r = bench.run_tvm(cfg, None, rows, batches, 14)
+    r = measure()
     assert "latency_ms" not in r and "padded to 8 rows" in r["latency_note"]
-    assert len(decoded) == 3  # the warm-up and the two batches; no padded single-word runs
+    assert len(decoded) == 2  # the two batches; no padded single-word runs
     assert bench.table({"engines": {"tvm": r}}).splitlines()[2][35:44].strip() == "-"  # the b1 ms column
 
     monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((1, 8)))
-    assert "latency_ms" in bench.run_tvm(cfg, None, rows, batches, 14)
+    assert "latency_ms" in measure()
+
+
+def test_engines_take_turns_each_round_and_the_median_pass_counts(monkeypatch):
+    """Passes interleave across engines (one pass of each per round), so a slow phase of the
+    machine hits every engine alike, and the reported pass is each engine's median."""
+    order, clock = [], [0.0]
+    costs = {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 9.0, 7.0])}
+
+    def runner(name):
+        def run_batch(idx):
+            order.append(name)
+            clock[0] += next(costs[name])
+        return bench.Local(bench.Runner(run_batch, None), [[1]], 0)
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench, "_SETTLE_S", 0)
+    r = bench._measure({"a": runner("a"), "b": runner("b")}, 3, progress=lambda m: None)
+    assert order == ["a", "b"] * 3
+    assert r["a"]["seconds"] == 2.0 and r["b"]["seconds"] == 7.0
+    assert r["a"]["rounds_seconds"] == [3.0, 1.0, 2.0]
+
+
+def test_an_engine_in_its_own_process_times_passes_on_request_and_stops(tmp_path):
+    """`bench.Isolated`: the engine loads and warms up in a spawned process that stays stopped
+    between requests; a failure there (here an unknown engine) comes back as the same error."""
+    import os
+    import time as time_mod
+
+    ck = tmp_path / "model"
+    checkpoint.make("micro", 0, ck)
+    cfg = bench.BenchConfig(threads=1, latency_runs=2, max_output_len=8)
+    rows, batches = [[5, 6, 7, 1]] * 4, [[0, 1], [2, 3]]
+    e = bench.Isolated("transformers", cfg, str(ck), rows, batches, 3)
+    try:
+        time_mod.sleep(0.2)
+        with open(f"/proc/{e.proc.pid}/stat") as f:  # stopped ("T") between requests
+            assert f.read().split(") ")[1][0] == "T"
+        p = e.timed_pass()
+        assert p["seconds"] > 0 and e.latency_ms() > 0
+    finally:
+        e.close()
+    assert not e.proc.is_alive()
+    with pytest.raises(ValueError, match="unknown engine"):
+        bench.Isolated("nope", cfg, str(ck), rows, batches, 3)

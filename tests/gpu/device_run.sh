@@ -58,7 +58,8 @@ if [ "$TRAIN_MINUTES" != 0 ]; then
   cp /tmp/train.log /tmp/train/model.safetensors /tmp/train/training_summary.json "$OUT/"
 fi
 
-common="--device cuda --checkpoint /tmp/tiny8 --data /tmp/data/data/test --threads 16 --cache-dir /tmp/bc"
+# one timed pass per engine: device time is scarce, and the GPU is not shared
+common="--device cuda --checkpoint /tmp/tiny8 --data /tmp/data/data/test --threads 16 --cache-dir /tmp/bc --rounds 1"
 t "bench tiny_8, batch 1024"
 timeout 150 $G2P bench $common --artifacts $SETS/tiny8_b1_1024 --words 20480 --batch 1024 \
     --engines tvm,transformers --latency-runs 10 --out /tmp/b1024 && cp /tmp/b1024/bench.json "$OUT/b1024.json"
