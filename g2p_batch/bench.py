@@ -107,22 +107,6 @@ def _latency_ms(runner: Runner, runs: int) -> float | None:
     return 1000 * statistics.median(_timed(runner.single) for _ in range(runs))
 
 
-class Local:
-    """An engine timed in this process (tests; the profile)."""
-
-    def __init__(self, runner: Runner, batches, latency_runs: int):
-        self.runner, self.batches, self.latency_runs, self.note = runner, batches, latency_runs, runner.note
-
-    def timed_pass(self) -> dict:
-        return _timed_pass(self.runner, self.batches)
-
-    def latency_ms(self) -> float | None:
-        return _latency_ms(self.runner, self.latency_runs)
-
-    def close(self) -> None:
-        pass
-
-
 def _serve(conn, name, cfg, ckpt, rows, batches, steps) -> None:
     """An engine's own process: load, warm up (first calls page in code and weights), then time
     a pass or the latency whenever the bench asks, until told to stop."""

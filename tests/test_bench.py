@@ -14,6 +14,19 @@ from g2p_batch.bench import _tvm_batch_runner, convert_ct2
 from g2p_batch.decoding import Bucket
 
 
+class _Local:
+    """`bench.Isolated`'s interface for a runner in this process."""
+
+    def __init__(self, runner, batches, latency_runs):
+        self.runner, self.batches, self.latency_runs, self.note = runner, batches, latency_runs, runner.note
+
+    def timed_pass(self):
+        return bench._timed_pass(self.runner, self.batches)
+
+    def latency_ms(self):
+        return bench._latency_ms(self.runner, self.latency_runs)
+
+
 def test_ct2_conversion_is_redone_for_new_weights_under_the_same_name(tmp_path):
     ck, out = tmp_path / "model", tmp_path / "cache" / "ct2-model-float32"
     checkpoint.make("micro", 0, ck)
@@ -57,7 +70,7 @@ def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
     rows, batches = [[5] * 10] * 16, [list(range(8)), list(range(8, 16))]
 
     def measure():
-        local = bench.Local(bench.tvm_runner(cfg, None, rows, 14), batches, cfg.latency_runs)
+        local = _Local(bench.tvm_runner(cfg, None, rows, 14), batches, cfg.latency_runs)
         return bench._measure({"tvm": local}, 1, progress=lambda m: None)["tvm"]
 
     monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt: fake_engine((8,)))
@@ -80,7 +93,7 @@ def test_engines_take_turns_each_round_and_the_median_pass_counts(monkeypatch):
         def run_batch(idx):
             order.append(name)
             clock[0] += next(costs[name])
-        return bench.Local(bench.Runner(run_batch, None), [[1]], 0)
+        return _Local(bench.Runner(run_batch, None), [[1]], 0)
 
     monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(bench, "_SETTLE_S", 0)
@@ -93,7 +106,6 @@ def test_engines_take_turns_each_round_and_the_median_pass_counts(monkeypatch):
 def test_an_engine_in_its_own_process_times_passes_on_request_and_stops(tmp_path):
     """`bench.Isolated`: the engine loads and warms up in a spawned process that stays stopped
     between requests; a failure there (here an unknown engine) comes back as the same error."""
-    import os
     import time as time_mod
 
     ck = tmp_path / "model"
