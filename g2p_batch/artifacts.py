@@ -39,6 +39,30 @@ def format_ok(manifest: dict) -> bool:
     return fmt == FORMAT or (fmt == 2 and manifest.get("kernel_target") == "gpu")
 
 
+# the modules that decide what a compiled bucket computes and how fast: a change in them that
+# keeps FORMAT (a new schedule, say) leaves cached sets correct but stale
+_KERNEL_SOURCES = ("kernels.py", "cuda_rules.py", "model.py", "compiler.py", "shapes.py", "targets.py")
+
+
+def kernel_source() -> str:
+    """A digest of this version's kernel code, stamped on every bucket it compiles."""
+    h = hashlib.sha256()
+    for name in _KERNEL_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _warn_if_stale(manifest: dict, out: Path) -> None:
+    """Buckets compiled by other kernel code still decode exactly (FORMAT guards the layouts),
+    but may run slower than a rebuild: the bench once timed session 9's kernels this way."""
+    now = kernel_source()
+    stale = [b for b in manifest["buckets"] if b.get("kernel_source") != now]
+    if stale:
+        log.warning("%d of %d buckets in %s were compiled by other g2p-batch kernel code; they decode the "
+                    "same but may be slower than a rebuild: remove %s to rebuild them",
+                    len(stale), len(manifest["buckets"]), out, out)
+
+
 class ArtifactMismatch(ValueError):
     """Cached artifacts that do not match the request; the message lists each difference."""
 
@@ -143,6 +167,7 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
             manifest["checkpoint"] = identity
             manifest["params"] = _write_params(cp, shape, target, out)
             _write_json(manifest_path, manifest)
+        _warn_if_stale(manifest, out)
         have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
         todo = [b for b in buckets if b not in have]
         if not todo:
@@ -164,13 +189,15 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
         }
     log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
     bar = _bar(len(todo), f"compile {cp.name} ({targets_mod.short_name(target)})", progress)
+    source = kernel_source()
     for b in todo:
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()
         fns = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
         manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
                                     "sha256": sha256_file(out / rel), "functions": fns,
-                                    "compile_seconds": round(time.perf_counter() - t0, 2)})
+                                    "compile_seconds": round(time.perf_counter() - t0, 2),
+                                    "kernel_source": source})
         manifest["buckets"].sort(key=lambda e: (e["batch"], e["input_len"]))
         manifest["max_input_bytes"] = max(manifest["max_input_bytes"], b.input_len)
         _write_json(manifest_path, manifest)  # after each bucket: an interrupted build keeps its work

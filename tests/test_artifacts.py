@@ -99,3 +99,19 @@ def test_a_cpu_set_of_an_older_format_is_refused_by_name(tmp_path):
         _ensure(ck, root)
     assert artifacts.format_ok({**m, "format": 2, "kernel_target": "gpu"})
     assert not artifacts.format_ok({**m, "format": 1, "kernel_target": "gpu"})
+
+
+def test_buckets_compiled_by_other_kernel_code_are_reused_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A schedule change that keeps the format leaves a cached set correct but maybe slower: it is
+    reused, and the warning names the folder to remove."""
+    ck, root = tmp_path / "model", tmp_path / "artifacts"
+    checkpoint.make("micro", 0, ck)
+    out = _ensure(ck, root)
+    assert [b["kernel_source"] for b in _manifest(out)["buckets"]] == [artifacts.kernel_source()]
+    with caplog.at_level("WARNING", logger="g2p_batch.artifacts"):
+        _ensure(ck, root)
+    assert "other g2p-batch kernel code" not in caplog.text
+    monkeypatch.setattr(artifacts, "kernel_source", lambda: "another")
+    with caplog.at_level("WARNING", logger="g2p_batch.artifacts"):
+        assert _ensure(ck, root) == out
+    assert f"1 of 1 buckets in {out} were compiled by other g2p-batch kernel code" in caplog.text
