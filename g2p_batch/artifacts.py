@@ -52,11 +52,11 @@ def kernel_source() -> str:
     return h.hexdigest()[:16]
 
 
-def _warn_if_stale(manifest: dict, out: Path) -> None:
-    """Buckets compiled by other kernel code still decode exactly (FORMAT guards the layouts),
-    but may run slower than a rebuild: the bench once timed session 9's kernels this way."""
-    now = kernel_source()
-    stale = [b for b in manifest["buckets"] if b.get("kernel_source") != now]
+def _warn_if_stale(manifest: dict, out: Path, source: str) -> None:
+    """Buckets compiled by other kernel code than `source` still decode exactly (FORMAT guards
+    the layouts), but may run slower than a rebuild: the bench once timed session 9's kernels
+    this way."""
+    stale = [b for b in manifest["buckets"] if b.get("kernel_source") != source]
     if stale:
         log.warning("%d of %d buckets in %s were compiled by other g2p-batch kernel code; they decode the "
                     "same but may be slower than a rebuild: remove %s to rebuild them",
@@ -155,6 +155,7 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
     T = req.max_output_len
     identity = cp.identity()
     shape = T5Shape.from_hf_config(cp.config)
+    source = kernel_source()
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         diffs = _expect(manifest, identity, target, req)
@@ -167,7 +168,7 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
             manifest["checkpoint"] = identity
             manifest["params"] = _write_params(cp, shape, target, out)
             _write_json(manifest_path, manifest)
-        _warn_if_stale(manifest, out)
+        _warn_if_stale(manifest, out, source)
         have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
         todo = [b for b in buckets if b not in have]
         if not todo:
@@ -189,7 +190,6 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
         }
     log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
     bar = _bar(len(todo), f"compile {cp.name} ({targets_mod.short_name(target)})", progress)
-    source = kernel_source()
     for b in todo:
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()

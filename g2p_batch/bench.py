@@ -286,14 +286,19 @@ def _tvm_batch_runner(eng, cfg, rows, steps):
     return run_batch, input_len
 
 
+def _check_engines(names) -> None:
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown:
+        raise ValueError(f"unknown engine {unknown[0]!r}; choose from {ENGINES}")
+
+
 def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
+    _check_engines([name])
     if name == "tvm":
         return tvm_runner(cfg, ckpt, rows, steps)
     if name == "transformers":
         return transformers_runner(cfg, ckpt, rows, steps)
-    if name in ("ct2-fp32", "ct2-int8"):
-        return ct2_runner(cfg, ckpt, rows, steps, "float32" if name == "ct2-fp32" else "int8")
-    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+    return ct2_runner(cfg, ckpt, rows, steps, "float32" if name == "ct2-fp32" else "int8")
 
 
 def tvm_runner(cfg, ckpt, rows, steps) -> Runner:
@@ -429,9 +434,7 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     if cfg.device == "cpu":
         result["matmul_ceiling_gflops"] = matmul_ceiling(cfg.threads)
         progress(f"fp32 matmul ceiling (numpy, {cfg.threads} threads): {result['matmul_ceiling_gflops']:.1f} GFLOP/s")
-    unknown = [n for n in cfg.engines if n not in ENGINES]
-    if unknown:
-        raise ValueError(f"unknown engine {unknown[0]!r}; choose from {ENGINES}")
+    _check_engines(cfg.engines)  # before any engine's process starts
     engines, failed = {}, {}
     try:
         for name in cfg.engines:  # loaded one at a time, each in its own process (`Isolated`)

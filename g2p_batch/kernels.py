@@ -96,7 +96,7 @@ def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | 
     blk = sch.get_sblock("dense")
     i, j, k = sch.get_loops(blk)
     rows, cols = tile
-    mi = _divisor(M, tuple(r for r in (8, 4, 2, 1) if r <= rows))
+    mi = _row_tile(M, rows)
     nj = cols if N % cols == 0 else PACK
     i0, i1 = sch.split(i, [None, mi])
     j0, js, j1 = sch.split(j, [None, nj // PACK, PACK])
@@ -115,24 +115,33 @@ def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | 
     sch.unroll(js)
     sch.vectorize(j1)
     sch.decompose_reduction(blk, k0)
-    if cols_outer and isinstance(M, int) and M // mi >= _PREFETCH_MIN_ROW_TILES:
-        _prefetch_next_block(sch, sch.get_loops(sch.get_sblock("dense_local"))[0], M // mi, nj)
+    if cols_outer:
+        _prefetch_next_block(sch, sch.get_loops(sch.get_sblock("dense_local"))[0], M, mi, nj)
+
+
+def _row_tile(M, max_rows: int) -> int:
+    """Rows per register tile: the largest of 8, 4, 2, 1 within `max_rows` that divides M."""
+    return _divisor(M, tuple(r for r in (8, 4, 2, 1) if r <= max_rows))
 
 
 _PREFETCH_MIN_ROW_TILES = 4  # below, the burst outweighs the rows' compute (batch 1 and 8: see below)
 
 
-def _prefetch_next_block(sch, tile_loop, row_tiles: int, cols: int) -> None:
-    """Each (column block, row tile) task first asks L2 for its share of the next column
-    block's weights (`prefetcht1`), so that by the time the block's first row tile runs its
-    weights are in L2 instead of L3.
+def _prefetch_next_block(sch, tile_loop, M, mi: int, cols: int) -> None:
+    """Each (column block, row tile) task of a column-blocks-outermost dense first asks L2 for
+    its share of the next column block's weights (`prefetcht1`), so that by the time the block's
+    first row tile runs its weights are in L2 instead of L3.
 
-    Only the decoder's fixed-row layers with column blocks outermost: each block's weights
-    (cols x K floats, 32-128 KB) are read once from L3 per step, and the first row tile waited
-    on every line, while the other row tiles ran from L1 (a 64-row layer ran at 200-260 GFLOP/s
-    with its weights in L3, 360-400 with them in L2). A burst per task, not one prefetch per k
+    Only fixed-row layers (the decoder's) with at least `_PREFETCH_MIN_ROW_TILES` row tiles of
+    `mi` rows; the call does nothing for the rest. Each block's weights (cols x K floats, 32-128
+    KB) are read once from L3 per step, and the first row tile waited on every line, while the
+    other row tiles ran from L1 (a 64-row layer ran at 200-260 GFLOP/s with its weights in L3,
+    360-400 with them in L2). A burst per task, not one prefetch per k
     step: in the k loop the call cost 25% with the weights already cached (and session 9 found
     the same). The last block prefetches itself again; prefetches never fault."""
+    if not isinstance(M, int) or M // mi < _PREFETCH_MIN_ROW_TILES:
+        return
+    row_tiles = M // mi
     loop = sch.get(tile_loop)
     w = sch.mod["main"].params[1]
     strips, K, _ = (int(v) for v in w.shape)
@@ -253,7 +262,7 @@ def gated_dense(M: int | None, K: int, F: int, act: str, tgt: KernelTarget):
         for name in inline:
             if name != "dense":
                 sch.compute_inline(sch.get_sblock(name))
-        mi = _divisor(M, tuple(r for r in (8, 4, 2, 1) if r <= rows))
+        mi = _row_tile(M, rows)
         blk, a = sch.get_sblock("dense"), sch.get_sblock("act")
         i, c, l = sch.get_loops(a)
         i0, i1 = sch.split(i, [None, mi])
@@ -272,8 +281,8 @@ def gated_dense(M: int | None, K: int, F: int, act: str, tgt: KernelTarget):
             sch.unroll(loop)
         sch.vectorize(tile_loops[-1])
         sch.decompose_reduction(blk, k0)
-        if cols_outer and isinstance(M, int) and M // mi >= _PREFETCH_MIN_ROW_TILES:
-            _prefetch_next_block(sch, tile, M // mi, 2 * PACK)
+        if cols_outer:
+            _prefetch_next_block(sch, tile, M, mi, 2 * PACK)
     return _finish([x, w] + scalars + [out], sched)
 
 

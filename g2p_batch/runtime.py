@@ -106,13 +106,13 @@ class TVMEngine:
             step = step_short if t < bv.window else step_full
             out = step(step_in, bv.pos[t], bv.k_cache, bv.v_cache, ck, cv, mask, *bv.args["step"])
             step_in = out[0]  # straight back in: the host reads ids only to stop early (greedy_output)
-            raw_ids.append(out[0])
+            raw_ids.append(out[0].numpy() if early_exit else out[0])
             raw_logp.append(out[1])
             if early_exit:
-                done |= out[0].numpy() == EOS
+                done |= raw_ids[-1] == EOS
                 if done.all():
                     break
-        result = greedy_output(np.stack([a.numpy() for a in raw_ids], axis=1),
+        result = greedy_output(np.stack([a if early_exit else a.numpy() for a in raw_ids], axis=1),
                                np.stack([a.numpy() for a in raw_logp], axis=1), filler, T)
         self.stage_seconds["decode"] += time.perf_counter() - t1
         return result
