@@ -326,8 +326,9 @@ def rms_norm(M: int | None, D: int, eps: float, tgt: KernelTarget, scale: float 
             o = sch.get_sblock("out")
             i, j = sch.get_loops(o)
             sch.parallel(i)
-            if D % 8 == 0:
-                _, ji = sch.split(j, [None, 8])
+            vec = next((v for v in (16, 8) if D % v == 0), None)
+            if vec:
+                _, ji = sch.split(j, [None, vec])
                 sch.vectorize(ji)
             ss = sch.get_sblock("ss")
             sch.compute_at(ss, i)
@@ -335,7 +336,13 @@ def rms_norm(M: int | None, D: int, eps: float, tgt: KernelTarget, scale: float 
                 # latency-bound (14 us per 64x256 call, 4.9 ms of a 64-word batch)
                 _, k1 = sch.split(sch.get_loops(ss)[-1], [None, 16])
                 rf = sch.rfactor(k1, 0)
-                sch.vectorize(sch.get_loops(rf)[-1])
+                # rfactor puts the partial sums in a loop nest of their own: a second parallel
+                # launch, and a [16, rows] buffer written and read with a stride of `rows`
+                # (116 us per encoder call of 1,056 rows). Under the row loop they are 16 floats.
+                sch.compute_at(rf, i)
+                lanes, red = sch.get_loops(rf)[-2:]
+                sch.reorder(red, lanes)
+                sch.vectorize(lanes)
     return _finish([x, w] + scalars + [out], sched)
 
 

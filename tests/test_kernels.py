@@ -85,14 +85,27 @@ def test_greedy_head_takes_the_first_of_tied_maxima():
     np.testing.assert_allclose(logp.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_rms_norm_matches_numpy():
-    x = np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32)
-    w = np.random.default_rng(2).standard_normal(64).astype(np.float32)
+@pytest.mark.parametrize("rows,D", [(8, 64), (None, 64), (8, 40)])  # None: packed rows; 40: no 16-lane sums
+def test_rms_norm_matches_numpy(rows, D):
+    m = 2
+    M = 16 * m if rows is None else rows
+    x = np.random.default_rng(1).standard_normal((M, D)).astype(np.float32)
+    w = np.random.default_rng(2).standard_normal(D).astype(np.float32)
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros_like(x), dev)
-    _build(K.rms_norm(8, 64, 1e-6, K.KernelTarget()))(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), out)
+    fn = _build(K.rms_norm(rows, D, 1e-6, K.KernelTarget()))
+    fn(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(w, dev), *([m] if rows is None else []), out)
     want = x / np.sqrt((x * x).mean(1, keepdims=True) + 1e-6) * w
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [64, None])
+def test_rms_norm_is_one_parallel_loop_over_rows(rows):
+    """The sum of squares' 16 partial sums are computed under the row loop: split off by rfactor
+    they ran as a second parallel loop over a [16, rows] buffer (5x slower on the encoder's rows)."""
+    src = K.rms_norm(rows, 256, 1e-6, K.KernelTarget()).script()
+    assert src.count("T.parallel(") == 1
+    assert src.index("T.parallel(") < src.index('T.sblock("ss_rf")') < src.index('T.sblock("out")')
 
 
 def _gelu_new(a):
