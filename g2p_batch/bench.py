@@ -107,9 +107,25 @@ def _latency_ms(runner: Runner, runs: int) -> float | None:
     return 1000 * statistics.median(_timed(runner.single) for _ in range(runs))
 
 
-def _serve(conn, name, cfg, ckpt, rows, batches, steps) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when the bench's dies, even while stopped. Ctrl-C
+    and errors close the engines, but a bench killed outright (SIGKILL, an OOM kill) left them
+    stopped for good. Elsewhere the engines still go with the bench's normal exits."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the bench died before the call took hold
+        os._exit(1)
+
+
+def _serve(conn, parent, name, cfg, ckpt, rows, batches, steps) -> None:
     """An engine's own process: load, warm up (first calls page in code and weights), then time
     a pass or the latency whenever the bench asks, until told to stop."""
+    _die_with_parent(parent)
     try:
         runner = _make_runner(name, cfg, ckpt, rows, steps)
         runner.run_batch(batches[0])
@@ -137,7 +153,8 @@ class Isolated:
         ctx = mp.get_context("spawn")  # no forked copies of a parent's thread pools
         self.name = name
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, name, cfg, ckpt, rows, batches, steps), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, os.getpid(), name, cfg, ckpt, rows, batches, steps),
+                                daemon=True)
         self.proc.start()
         child.close()  # the child's end lives in the child: its death then reads as EOF here
         kind, info = self._recv()

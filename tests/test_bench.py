@@ -4,7 +4,11 @@ not reported as a batch-1 latency."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -106,17 +110,14 @@ def test_engines_take_turns_each_round_and_the_median_pass_counts(monkeypatch):
 def test_an_engine_in_its_own_process_times_passes_on_request_and_stops(tmp_path):
     """`bench.Isolated`: the engine loads and warms up in a spawned process that stays stopped
     between requests; a failure there (here an unknown engine) comes back as the same error."""
-    import time as time_mod
-
     ck = tmp_path / "model"
     checkpoint.make("micro", 0, ck)
     cfg = bench.BenchConfig(threads=1, latency_runs=2, max_output_len=8)
     rows, batches = [[5, 6, 7, 1]] * 4, [[0, 1], [2, 3]]
     e = bench.Isolated("transformers", cfg, str(ck), rows, batches, 3)
     try:
-        time_mod.sleep(0.2)
-        with open(f"/proc/{e.proc.pid}/stat") as f:  # stopped ("T") between requests
-            assert f.read().split(") ")[1][0] == "T"
+        time.sleep(0.2)
+        assert _state(e.proc.pid) == "T"  # stopped between requests
         p = e.timed_pass()
         assert p["seconds"] > 0 and e.latency_ms() > 0
     finally:
@@ -124,3 +125,41 @@ def test_an_engine_in_its_own_process_times_passes_on_request_and_stops(tmp_path
     assert not e.proc.is_alive()
     with pytest.raises(ValueError, match="unknown engine"):
         bench.Isolated("nope", cfg, str(ck), rows, batches, 3)
+
+
+_ORPHAN = """
+import sys, time
+from g2p_batch import bench
+cfg = bench.BenchConfig(threads=1, latency_runs=2, max_output_len=8)
+e = bench.Isolated("transformers", cfg, sys.argv[1], [[5, 6, 7, 1]] * 2, [[0, 1]], 3)
+print(e.proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0]
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_stopped_engine_dies_with_a_bench_killed_outright(tmp_path):
+    """A bench killed by SIGKILL runs no cleanup; its engine, stopped at the time, must not stay."""
+    ck = tmp_path / "model"
+    checkpoint.make("micro", 0, ck)
+    bench_proc = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(ck)], stdout=subprocess.PIPE, text=True)
+    try:
+        engine = int(bench_proc.stdout.readline())
+        time.sleep(0.2)
+        assert _state(engine) == "T"
+        bench_proc.kill()
+        bench_proc.wait()
+        deadline = time.monotonic() + 20
+        while _state(engine) not in (None, "Z") and time.monotonic() < deadline:  # Z: dead, not yet reaped
+            time.sleep(0.1)
+        assert _state(engine) in (None, "Z"), "the engine outlived the bench"
+    finally:
+        bench_proc.kill()
