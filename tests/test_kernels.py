@@ -154,13 +154,14 @@ def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
     assert (got[~normal] == 0).all() and got[-1] == 1.0
 
 
+@pytest.mark.parametrize("B", [2, 12])  # the attention's tasks take 2 and 4 rows
 @pytest.mark.parametrize("T,window", [(32, 16), (32, None), (24, 16)])  # 24: one block of 24 keys
-def test_self_attention_reads_the_keys_kv_write_put_in_the_blocked_cache(T, window):
+def test_self_attention_reads_the_keys_kv_write_put_in_the_blocked_cache(T, window, B):
     """The CPU's key cache is blocked ([.., T/16, d_kv, 16], `shapes.key_cache_shape`): keys written
     step by step at every position must come back in position order, past the first block."""
     from g2p_batch.shapes import key_block
 
-    Ld, B, H, dk, layer = 2, 2, 2, 16, 1
+    Ld, H, dk, layer = 2, 2, 16, 1
     W, inner, kb = window or T, H * dk, key_block(T)
     steps = min(W, T) - 3  # positions 0..steps-1 written; the rest masked as the causal bias does
     tgt, dev = K.KernelTarget("cpu", (4, 16)), tvm.cpu()
