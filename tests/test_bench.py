@@ -151,6 +151,7 @@ def test_a_stopped_engine_dies_with_a_bench_killed_outright(tmp_path):
     ck = tmp_path / "model"
     checkpoint.make("micro", 0, ck)
     bench_proc = subprocess.Popen([sys.executable, "-c", _ORPHAN, str(ck)], stdout=subprocess.PIPE, text=True)
+    engine = None
     try:
         engine = int(bench_proc.stdout.readline())
         time.sleep(0.2)
@@ -163,3 +164,5 @@ def test_a_stopped_engine_dies_with_a_bench_killed_outright(tmp_path):
         assert _state(engine) in (None, "Z"), "the engine outlived the bench"
     finally:
         bench_proc.kill()
+        if engine is not None and _state(engine) not in (None, "Z"):
+            os.kill(engine, 9)  # do not leave a stopped process behind when the test fails
