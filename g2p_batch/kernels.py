@@ -326,8 +326,8 @@ def rms_norm(M: int | None, D: int, eps: float, tgt: KernelTarget, scale: float 
             o = sch.get_sblock("out")
             i, j = sch.get_loops(o)
             sch.parallel(i)
-            vec = next((v for v in (16, 8) if D % v == 0), None)
-            if vec:
+            vec = _divisor(D, (16, 8, 1))
+            if vec > 1:
                 _, ji = sch.split(j, [None, vec])
                 sch.vectorize(ji)
             ss = sch.get_sblock("ss")
@@ -689,12 +689,12 @@ def step_attention(Ld: int, B: int, H: int, dk: int, T: int, layer: int, q_cols:
         p = _softmax_rows(lambda b, h, t: s[b, h, t] + add[h, t], (B, H, W), W, "sm", _exp_for(tgt))
     t = te.reduce_axis((0, W), name="t")
     o = te.compute((B, H * dk), lambda b, c: te.sum(p[b, c // dk, t] * vc[layer, b, c // dk, t, c % dk], axis=t), name="o")
-    # 4 rows per task: each score is a chain of dk dependent FMAs, and one row's 2-3 key vectors
-    # left the FMA units idle (64 rows, 2 threads, caches hot: self-attention 55 -> 35-40 us,
-    # cross-attention 62-77 -> 57-61; AVX2 code alike). Every sum keeps its order: outputs are
-    # bit-identical.
-    rows = _divisor(B, (4, 2, 1))
-    sched = _sched_fused_attention(dk, 8, rows=rows) if tgt.kind == "cpu" else _sched_attention_gpu(dk, W)
+    # CPU: 4 rows per task. Each score is a chain of dk dependent FMAs, and one row's 2-3 key
+    # vectors left the FMA units idle (64 rows, 2 threads, caches hot: self-attention 55 -> 35-40
+    # us, cross-attention 62-77 -> 57-61; AVX2 code alike). Every sum keeps its order: outputs
+    # are bit-identical.
+    sched = (_sched_fused_attention(dk, 8, rows=_divisor(B, (4, 2, 1))) if tgt.kind == "cpu"
+             else _sched_attention_gpu(dk, W))
     return _finish([q, kc, vc, add, o], sched)
 
 
