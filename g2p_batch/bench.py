@@ -572,9 +572,13 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
     Shards default to four per actor, so that a slow shard does not hold the job's end; each is
     batched on its own. On this 2-core machine, 250-, 500- and 1,000-row shards of the 2,000
     words all gave 82-89% of 2x the single process, and two plain processes without Ray 87-101%
-    (PERF.md, session 8): the two cores' noise is as large as Ray's cost.
+    (PERF.md, session 8): the two cores' noise is as large as Ray's cost. So each of
+    `cfg.rounds` rounds measures all four (single process, 1 actor, `actors` actors, plain
+    processes) within a minute of each other, odd rounds in reverse order so that a steady drift
+    cancels, and the ratios reported are the medians of the rounds' own ratios
+    (`scaling_summary`).
 
-    Two throughputs per run: steady state, rows over the busiest actor's processing time (read,
+    Two throughputs per job: steady state, rows over the busiest actor's processing time (read,
     transcribe, write: what scales), and end to end, rows over the wall time after the driver's
     setup (so actor start-up, imports and engine loading count against it). The driver's share
     is its own work over the job's wall time."""
@@ -589,44 +593,73 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
 
     ckpt = bench_checkpoint(cfg)
     entries = sample_words(cfg.data, cfg.words, cfg.seed)
+    langs, words = [e.lang for e in entries], [e.word for e in entries]
     T = cfg.steps or cfg.max_output_len  # random weights: every row runs to T, like forced steps
     tmp = Path(tempfile.mkdtemp(prefix="g2p-ray-bench-"))
     src = tmp / "words.parquet"
     four_per_actor = max(1, len(entries) // (4 * actors))
     shard_rows = shard_rows or four_per_actor
     per_group = min(shard_rows, four_per_actor)
-    pq.write_table(pa.table({"lang": [e.lang for e in entries], "word": [e.word for e in entries]}), src,
-                   row_group_size=per_group)
+    pq.write_table(pa.table({"lang": langs, "word": words}), src, row_group_size=per_group)
     root = str(Path(cfg.cache_dir) / f"ray-out{T}")  # an artifact set holds one output length
     req = CompileRequest(checkpoint=ckpt, target="llvm", batch_sizes=[1, 8, 32, cfg.batch], max_output_len=T,
                          root=root)
     art = ensure_artifacts(req)
     os.environ["TVM_NUM_THREADS"] = "1"  # this process, and the plain processes it spawns
-    single = len(entries) / _one_thread_seconds(art, [e.lang for e in entries], [e.word for e in entries],
-                                                cfg.batch)
-    progress(f"single process, 1 thread: {single:.1f} words/s")
-    out = {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group,
-           "single_process_words_per_s": single, "runs": {}}
-    for n in sorted({1, actors}):
-        job = JobConfig(input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt,
-                        target="llvm", batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}), max_output_len=T, rows_per_shard=shard_rows,
-                        num_cpu_actors=n, threads_per_actor=1, artifacts_dir=root, overwrite=True,
-                        progress=False)
-        rep = run_job(job)
-        steady = len(entries) / max(max(a["seconds"] for a in rep.actors.values()), 1e-9)
-        end_to_end = len(entries) / max(rep.wall_s - rep.setup_s, 1e-9)
-        out["runs"][n] = {"wall_s": rep.wall_s, "setup_s": rep.setup_s, "steady_words_per_s": steady,
-                          "end_to_end_words_per_s": end_to_end, "driver_share": rep.driver_share,
-                          "actors": rep.actors}
-        progress(f"{n} actor(s): {steady:.1f} words/s steady, {end_to_end:.1f} end to end after setup, "
-                 f"driver share {100 * rep.driver_share:.2f}%")
-    plain = _plain_processes(art, entries, actors)
-    out["plain_processes_words_per_s"] = plain
-    progress(f"{actors} plain processes (no Ray), 1 thread each: {plain:.1f} words/s")
-    one, many = out["runs"][1]["steady_words_per_s"], out["runs"][actors]["steady_words_per_s"]
-    out["scaling_efficiency"] = many / (actors * one)
-    out["efficiency_vs_single_process"] = many / (actors * single)
-    out["plain_processes_vs_single_process"] = plain / (actors * single)  # the machine's own ceiling
-    out["end_to_end_scaling"] = (out["runs"][actors]["end_to_end_words_per_s"]
-                                 / (actors * out["runs"][1]["end_to_end_words_per_s"]))
-    return out
+
+    def single() -> float:
+        return len(entries) / _one_thread_seconds(art, langs, words, cfg.batch)
+
+    def job(n: int) -> dict:
+        rep = run_job(JobConfig(
+            input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt, target="llvm",
+            batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}),
+            max_output_len=T, rows_per_shard=shard_rows, num_cpu_actors=n, threads_per_actor=1,
+            artifacts_dir=root, overwrite=True, progress=False))
+        return {"wall_s": rep.wall_s, "setup_s": rep.setup_s,
+                "steady_words_per_s": len(entries) / max(max(a["seconds"] for a in rep.actors.values()), 1e-9),
+                "end_to_end_words_per_s": len(entries) / max(rep.wall_s - rep.setup_s, 1e-9),
+                "driver_share": rep.driver_share, "actors": rep.actors}
+
+    steps = [("single", single)] + [(n, lambda n=n: job(n)) for n in sorted({1, actors})] + [
+        ("plain", lambda: _plain_processes(art, entries, actors))]
+    rounds = []
+    for r in range(cfg.rounds):
+        got = {}
+        for key, measure in steps[::-1] if r % 2 else steps:
+            got[key] = measure()
+            if key == "single":
+                progress(f"round {r + 1}: single process, 1 thread: {got[key]:.1f} words/s")
+            elif key == "plain":
+                progress(f"round {r + 1}: {actors} plain processes (no Ray), 1 thread each: {got[key]:.1f} words/s")
+            else:
+                progress(f"round {r + 1}: {key} actor(s): {got[key]['steady_words_per_s']:.1f} words/s steady, "
+                         f"{got[key]['end_to_end_words_per_s']:.1f} end to end after setup, "
+                         f"driver share {100 * got[key]['driver_share']:.2f}%")
+        rounds.append({"single_process_words_per_s": got["single"], "plain_processes_words_per_s": got["plain"],
+                       "runs": {n: got[n] for n in sorted({1, actors})}})
+    return {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group, "actors": actors,
+            **scaling_summary(rounds, actors), "rounds": rounds}
+
+
+def scaling_summary(rounds: list[dict], actors: int) -> dict:
+    """Each ratio within its round, then the median over rounds: a ratio of two medians would
+    pair a fast phase's numerator with a slow phase's denominator."""
+    def median_of(ratio) -> float:
+        return statistics.median(ratio(r) for r in rounds)
+
+    def steady(r, n):
+        return r["runs"][n]["steady_words_per_s"]
+
+    return {
+        "scaling_efficiency": median_of(lambda r: steady(r, actors) / (actors * steady(r, 1))),
+        "efficiency_vs_single_process": median_of(
+            lambda r: steady(r, actors) / (actors * r["single_process_words_per_s"])),
+        "plain_processes_vs_single_process": median_of(  # the machine's own ceiling
+            lambda r: r["plain_processes_words_per_s"] / (actors * r["single_process_words_per_s"])),
+        "end_to_end_scaling": median_of(lambda r: r["runs"][actors]["end_to_end_words_per_s"]
+                                        / (actors * r["runs"][1]["end_to_end_words_per_s"])),
+        "driver_share": max(r["runs"][actors]["driver_share"] for r in rounds),  # the worst round
+        "single_process_words_per_s": median_of(lambda r: r["single_process_words_per_s"]),
+        "steady_words_per_s": {n: median_of(lambda r, n=n: steady(r, n)) for n in sorted({1, actors})},
+    }

@@ -257,7 +257,7 @@ def bench(
     engines: Annotated[str, typer.Option(help="comma-separated: tvm,transformers,ct2-fp32,ct2-int8")] = "tvm,transformers,ct2-fp32,ct2-int8",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     latency_runs: Annotated[int, typer.Option()] = 20,
-    rounds: Annotated[int, typer.Option(help="timed passes per engine, the engines taking turns; the median counts")] = 3,
+    rounds: Annotated[int, typer.Option(help="timed passes per engine, the engines taking turns (with --ray: rounds of all four runs); the median counts")] = 3,
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
     cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
@@ -285,11 +285,12 @@ def bench(
     if ray:
         res = B.ray_scaling(cfg, actors, shard_rows, progress=lambda m: typer.echo(m, err=True))
         (out / "bench-ray.json").write_text(json.dumps(res, indent=2))
-        typer.echo(f"steady-state scaling 1 -> {actors} actors: {100 * res['scaling_efficiency']:.1f}% "
+        typer.echo(f"median of {len(res['rounds'])} rounds: steady-state scaling 1 -> {actors} actors: "
+                   f"{100 * res['scaling_efficiency']:.1f}% "
                    f"(vs {actors} x the single-process runtime: {100 * res['efficiency_vs_single_process']:.1f}%; "
                    f"{actors} plain processes without Ray: {100 * res['plain_processes_vs_single_process']:.1f}%); "
                    f"end to end after setup: {100 * res['end_to_end_scaling']:.1f}%; "
-                   f"driver share {100 * res['runs'][actors]['driver_share']:.2f}% of wall time")
+                   f"driver share at most {100 * res['driver_share']:.2f}% of wall time")
         return
     try:
         result = B.run(cfg, progress=lambda m: typer.echo(m, err=True))

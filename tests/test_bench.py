@@ -107,6 +107,23 @@ def test_engines_take_turns_each_round_and_the_median_pass_counts(monkeypatch):
     assert r["a"]["rounds_seconds"] == [3.0, 1.0, 2.0]
 
 
+def test_ray_scaling_takes_each_ratio_within_its_round_then_the_median():
+    """A slow round must not pair with a fast one: here the ratio of the medians would read
+    75%, while two of the three rounds, each measured in one phase of the machine, read 95%."""
+    def rnd(single, one, two, plain, share):
+        job = lambda w: {"steady_words_per_s": w, "end_to_end_words_per_s": w / 2, "driver_share": share}
+        return {"single_process_words_per_s": single, "plain_processes_words_per_s": plain,
+                "runs": {1: job(one), 2: job(two)}}
+
+    s = bench.scaling_summary([rnd(200, 190, 380, 380, 0.01), rnd(150, 150, 285, 270, 0.03),
+                               rnd(210, 200, 300, 420, 0.02)], actors=2)
+    assert s["efficiency_vs_single_process"] == pytest.approx(0.95)
+    assert s["scaling_efficiency"] == pytest.approx(0.95)                 # 1.0, 0.95, 0.75
+    assert s["plain_processes_vs_single_process"] == pytest.approx(0.95)  # 0.95, 0.9, 1.0
+    assert s["driver_share"] == 0.03
+    assert s["single_process_words_per_s"] == 200
+
+
 def test_an_engine_in_its_own_process_times_passes_on_request_and_stops(tmp_path):
     """`bench.Isolated`: the engine loads and warms up in a spawned process that stays stopped
     between requests; a failure there (here an unknown engine) comes back as the same error."""
