@@ -61,20 +61,40 @@ def test_cuda_early_exit_and_truncation(cuda_set, parity_entries):
     assert np.isfinite(out.scores).all()
 
 
-def test_cuda_large_batch_matches_transformers(parity_entries):
-    """The bench's batch-1024 tiny_8 modules (the hand-scheduled GPU attention, greedy head and
-    picked dense tiles at the shapes the bench times): 500 words in one 1024-row batch, with
-    weights from the set's checkpoint. `G2P_CUDA_LARGE_SET` names a folder like G2P_CUDA_SET's."""
-    from g2p_batch import verify
-    from g2p_batch.reference import Reference
+@pytest.fixture(scope="module")
+def large_set():
+    """The bench's tiny_8 modules for batches 1 and 1024 (the hand-scheduled GPU attention, greedy
+    head and picked dense tiles at the shapes the bench times), with weights from the set's
+    checkpoint. `G2P_CUDA_LARGE_SET` names a folder like G2P_CUDA_SET's."""
     from g2p_batch.runtime import load_engine
 
     path = os.environ.get("G2P_CUDA_LARGE_SET")
     if not path:
         pytest.skip("G2P_CUDA_LARGE_SET not set (tests/gpu/device_run.sh sets it)")
     ck, art = Path(path) / "checkpoint", Path(path) / "artifacts"
-    engine = load_engine(art, device="cuda", checkpoint=str(ck))
+    return ck, load_engine(art, device="cuda", checkpoint=str(ck))
+
+
+def test_cuda_large_batch_matches_transformers(large_set, parity_entries):
+    """500 words in one 1024-row batch."""
+    from g2p_batch import verify
+    from g2p_batch.reference import Reference
+
+    ck, engine = large_set
     batch = max(b.batch for b in engine.buckets)
     rep = verify.run(engine, parity_entries, batch, reference=Reference(ck))
     assert rep.rows == 500
+    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+
+
+def test_cuda_batch_1_matches_transformers(large_set, parity_entries):
+    """One word per call, as the bench's latency is timed: at one row the dense tile picks and
+    the reductions' launch shapes differ from the 1024-row ones."""
+    from g2p_batch import verify
+    from g2p_batch.reference import Reference
+
+    ck, engine = large_set
+    assert min(b.batch for b in engine.buckets) == 1
+    rep = verify.run(engine, parity_entries[:60], 1, reference=Reference(ck))
+    assert rep.rows == 60
     assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
