@@ -607,35 +607,35 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
     art = ensure_artifacts(req)
     os.environ["TVM_NUM_THREADS"] = "1"  # this process, and the plain processes it spawns
 
-    def single() -> float:
-        return len(entries) / _one_thread_seconds(art, langs, words, cfg.batch)
+    def single() -> tuple[float, str]:
+        wps = len(entries) / _one_thread_seconds(art, langs, words, cfg.batch)
+        return wps, f"single process, 1 thread: {wps:.1f} words/s"
 
-    def job(n: int) -> dict:
+    def job(n: int) -> tuple[dict, str]:
         rep = run_job(JobConfig(
             input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt, target="llvm",
             batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}),
             max_output_len=T, rows_per_shard=shard_rows, num_cpu_actors=n, threads_per_actor=1,
             artifacts_dir=root, overwrite=True, progress=False))
-        return {"wall_s": rep.wall_s, "setup_s": rep.setup_s,
-                "steady_words_per_s": len(entries) / max(max(a["seconds"] for a in rep.actors.values()), 1e-9),
-                "end_to_end_words_per_s": len(entries) / max(rep.wall_s - rep.setup_s, 1e-9),
-                "driver_share": rep.driver_share, "actors": rep.actors}
+        run = {"wall_s": rep.wall_s, "setup_s": rep.setup_s,
+               "steady_words_per_s": len(entries) / max(max(a["seconds"] for a in rep.actors.values()), 1e-9),
+               "end_to_end_words_per_s": len(entries) / max(rep.wall_s - rep.setup_s, 1e-9),
+               "driver_share": rep.driver_share, "actors": rep.actors}
+        return run, (f"{n} actor(s): {run['steady_words_per_s']:.1f} words/s steady, "
+                     f"{run['end_to_end_words_per_s']:.1f} end to end after setup, "
+                     f"driver share {100 * rep.driver_share:.2f}%")
 
-    steps = [("single", single)] + [(n, lambda n=n: job(n)) for n in sorted({1, actors})] + [
-        ("plain", lambda: _plain_processes(art, entries, actors))]
+    def plain() -> tuple[float, str]:
+        wps = _plain_processes(art, entries, actors)
+        return wps, f"{actors} plain processes (no Ray), 1 thread each: {wps:.1f} words/s"
+
+    steps = [("single", single)] + [(n, lambda n=n: job(n)) for n in sorted({1, actors})] + [("plain", plain)]
     rounds = []
     for r in range(cfg.rounds):
         got = {}
         for key, measure in steps[::-1] if r % 2 else steps:
-            got[key] = measure()
-            if key == "single":
-                progress(f"round {r + 1}: single process, 1 thread: {got[key]:.1f} words/s")
-            elif key == "plain":
-                progress(f"round {r + 1}: {actors} plain processes (no Ray), 1 thread each: {got[key]:.1f} words/s")
-            else:
-                progress(f"round {r + 1}: {key} actor(s): {got[key]['steady_words_per_s']:.1f} words/s steady, "
-                         f"{got[key]['end_to_end_words_per_s']:.1f} end to end after setup, "
-                         f"driver share {100 * got[key]['driver_share']:.2f}%")
+            got[key], line = measure()
+            progress(f"round {r + 1}: {line}")
         rounds.append({"single_process_words_per_s": got["single"], "plain_processes_words_per_s": got["plain"],
                        "runs": {n: got[n] for n in sorted({1, actors})}})
     return {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group, "actors": actors,
