@@ -41,7 +41,7 @@ def format_ok(manifest: dict) -> bool:
 
 # the modules that decide what a compiled bucket computes and how fast: a change in them that
 # keeps FORMAT (a new schedule, say) leaves cached sets correct but stale
-_KERNEL_SOURCES = ("kernels.py", "cuda_rules.py", "model.py", "compiler.py", "shapes.py", "targets.py")
+_KERNEL_SOURCES = ("kernels.py", "cuda_rules.py", "model.py", "compiler.py", "lowering.py", "shapes.py", "targets.py")
 
 
 def kernel_source() -> str:

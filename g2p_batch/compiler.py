@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from . import kernels as K
-from . import targets
+from . import lowering, targets
 from .model import build_module
 from .shapes import T5Shape, step_function_name, step_windows
 
@@ -33,7 +33,9 @@ def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir
         from . import cuda_rules
         with tgt:
             mod = dl.ApplyDefaultSchedule(*cuda_rules.rules())(mod)
-    ex = tvm.compile(mod, tgt)
+        ex = tvm.compile(mod, tgt)
+    else:
+        ex = tvm.compile(mod, tgt, tir_pipeline=lowering.register())
     log.debug("b%d_in%d_out%d: compiled (%.1fs)", B, L, T, time.perf_counter() - t0)
     return ex
 

@@ -9,13 +9,20 @@ import pytest
 import tvm
 
 from g2p_batch import kernels as K
+from g2p_batch import lowering
 from g2p_batch.runtime import pack_tokens
 from g2p_batch.shapes import PACK
 from g2p_batch.tokenizer import PAD
 
 
+def _lib(f, pipeline: str | None = None):
+    """`f` built as the CPU model builds it (`lowering.CPU_PIPELINE`), or by a TVM pipeline."""
+    return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm",
+                       tir_pipeline=pipeline or lowering.register())
+
+
 def _build(f):
-    return tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target="llvm")["main"]
+    return _lib(f)["main"]
 
 
 def test_pack_tokens_keeps_every_real_token_once_in_order():
@@ -56,6 +63,29 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     fn(*args, *([m] if rows is None else []), out)
     want = x @ w.T + (r if residual else 0)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_pipeline_keeps_each_tasks_scratch_on_the_stack():
+    """TVM gives every "local" buffer on CPU (and every other one of 1,024 bytes or more) a
+    workspace call per task; `lowering` keeps the dense tile's 8x32 accumulator and the
+    attention's scores on the stack instead. The code is otherwise the same: bit-identical."""
+    tgt, rng, dev = K.KernelTarget("cpu", (8, 32)), np.random.default_rng(0), tvm.cpu()
+    B, H, dk, L = 8, 2, 32, 24
+    cases = [(K.dense(64, 64, 96, tgt), [(64, 64), (6, 64, PACK)], (64, 96)),
+             (K.gated_dense(64, 64, 64, "gelu_new", tgt), [(64, 64), (8, 64, PACK)], (64, 4, PACK)),
+             (K.step_attention(2, B, H, dk, L, 1, H * dk, tgt, True),
+              [(B, H * dk), (2, B, H, dk, L), (2, B, H, L, dk), (B, L)], (B, H * dk))]
+    for f, ins, out_shape in cases:
+        default, ours = _lib(f, "default"), _lib(f)
+        assert "TVMBackendAllocWorkspace" in default.mod.inspect_source("asm")
+        assert "TVMBackendAllocWorkspace" not in ours.mod.inspect_source("asm")
+        args = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev) for s in ins]
+        got = []
+        for lib in (default, ours):
+            out = tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev)
+            lib["main"](*args, out)
+            got.append(out.numpy())
+        assert np.array_equal(*got)
 
 
 @pytest.mark.parametrize("rows,expected", [(64, True), (32, True), (8, False), (None, False)])
