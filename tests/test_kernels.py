@@ -65,6 +65,22 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+def _allocas_outside_entry_blocks(ll: str) -> list[str]:
+    """An alloca in a loop's block takes new stack on every pass; in a function's (or a parallel
+    task's) entry block it is taken once per call."""
+    import re
+
+    found, block = [], None
+    for line in ll.splitlines():
+        if line.startswith("define"):
+            block = "entry"
+        elif re.match(r"^[\w.]+:", line):
+            block = line.split(":")[0]
+        elif " alloca " in line and not block.endswith("entry"):
+            found.append(f"{block}: {line.strip()}")
+    return found
+
+
 def test_cpu_pipeline_keeps_each_tasks_scratch_on_the_stack():
     """TVM gives every "local" buffer on CPU (and every other one of 1,024 bytes or more) a
     workspace call per task; `lowering` keeps the dense tile's 8x32 accumulator and the
@@ -79,6 +95,7 @@ def test_cpu_pipeline_keeps_each_tasks_scratch_on_the_stack():
         default, ours = _lib(f, "default"), _lib(f)
         assert "TVMBackendAllocWorkspace" in default.mod.inspect_source("asm")
         assert "TVMBackendAllocWorkspace" not in ours.mod.inspect_source("asm")
+        assert _allocas_outside_entry_blocks(ours.mod.inspect_source("ll")) == []  # no stack growth per task
         args = [tvm.runtime.tensor(rng.standard_normal(s).astype(np.float32), dev) for s in ins]
         got = []
         for lib in (default, ours):
