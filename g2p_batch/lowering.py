@@ -4,10 +4,10 @@ TVM lowers every "local" buffer on CPU, and every other one of 1,024 bytes or mo
 `TVMBackendAllocWorkspace` / `TVMBackendFreeWorkspace` pair around its scope. Our dense tiles keep
 an 8x32 accumulator (exactly 1,024 bytes) per task, so each call paid one pair per (row tile,
 column block): 288 pairs for a 64-row qkv layer, 5,472 for the encoder's, each a thread-local pool
-lookup (session 12: a 4x32 tile ran 2-6% faster with its accumulator on the stack). The
+lookup, and LLVM had to store each tile and load it back for the write-back. The
 `disable_lower_builtin` annotation keeps an allocation as a stack `alloca`; this pass sets it on
 every buffer of a known size up to `STACK_BYTES`, after TVM's pipeline and before its host
-finalisation (where the workspace calls are made).
+finalisation (where the workspace calls are made). Session 12: +11% words/s (PERF.md, change 33).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import tvm
 from tvm import tirx
 
-__all__ = ["CPU_PIPELINE", "STACK_BYTES", "stack_small_buffers"]
+__all__ = ["CPU_PIPELINE", "STACK_BYTES", "register", "stack_small_buffers"]
 
 CPU_PIPELINE = "g2p_cpu"
 STACK_BYTES = 16 * 1024  # per buffer; a worker thread's stack is megabytes, a task holds a few
@@ -76,7 +76,7 @@ def _cpu_pipeline(**kwargs):
 
 
 def register() -> str:
-    """Registers the pipeline with TVM (once per process) and returns its name for `tvm.compile`."""
+    """Registers the pipeline with TVM (again is harmless) and returns its name for `tvm.compile`."""
     from tvm.tirx import compilation_pipeline as cp
 
     cp.register_tir_pipeline(CPU_PIPELINE, _cpu_pipeline)
