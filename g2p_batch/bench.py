@@ -606,6 +606,7 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
                          root=root)
     art = ensure_artifacts(req)
     os.environ["TVM_NUM_THREADS"] = "1"  # this process, and the plain processes it spawns
+    counts, input_buckets = sorted({1, actors}), sorted({b.input_len for b in req.buckets()})
 
     def single() -> tuple[float, str]:
         wps = len(entries) / _one_thread_seconds(art, langs, words, cfg.batch)
@@ -614,7 +615,7 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
     def job(n: int) -> tuple[dict, str]:
         rep = run_job(JobConfig(
             input=str(src), output=str(tmp / f"out{n}"), lang_column="lang", checkpoint=ckpt, target="llvm",
-            batch_sizes=req.batch_sizes, input_buckets=sorted({b.input_len for b in req.buckets()}),
+            batch_sizes=req.batch_sizes, input_buckets=input_buckets,
             max_output_len=T, rows_per_shard=shard_rows, num_cpu_actors=n, threads_per_actor=1,
             artifacts_dir=root, overwrite=True, progress=False))
         run = {"wall_s": rep.wall_s, "setup_s": rep.setup_s,
@@ -629,7 +630,7 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
         wps = _plain_processes(art, entries, actors)
         return wps, f"{actors} plain processes (no Ray), 1 thread each: {wps:.1f} words/s"
 
-    steps = [("single", single)] + [(n, lambda n=n: job(n)) for n in sorted({1, actors})] + [("plain", plain)]
+    steps = [("single", single)] + [(n, lambda n=n: job(n)) for n in counts] + [("plain", plain)]
     rounds = []
     for r in range(cfg.rounds):
         got = {}
@@ -637,7 +638,7 @@ def ray_scaling(cfg: BenchConfig, actors: int = 2, shard_rows: int | None = None
             got[key], line = measure()
             progress(f"round {r + 1}: {line}")
         rounds.append({"single_process_words_per_s": got["single"], "plain_processes_words_per_s": got["plain"],
-                       "runs": {n: got[n] for n in sorted({1, actors})}})
+                       "runs": {n: got[n] for n in counts}})
     return {"words": len(entries), "shard_rows": shard_rows, "row_group_rows": per_group, "actors": actors,
             **scaling_summary(rounds, actors), "rounds": rounds}
 
@@ -661,5 +662,5 @@ def scaling_summary(rounds: list[dict], actors: int) -> dict:
                                         / (actors * r["runs"][1]["end_to_end_words_per_s"])),
         "driver_share": max(r["runs"][actors]["driver_share"] for r in rounds),  # the worst round
         "single_process_words_per_s": median_of(lambda r: r["single_process_words_per_s"]),
-        "steady_words_per_s": {n: median_of(lambda r, n=n: steady(r, n)) for n in sorted({1, actors})},
+        "steady_words_per_s": {n: median_of(lambda r, n=n: steady(r, n)) for n in rounds[0]["runs"]},
     }
