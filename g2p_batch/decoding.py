@@ -12,6 +12,14 @@ from .tokenizer import EOS, PAD
 
 DEFAULT_BATCH_SIZES = (1, 8, 32, 64)  # compiled unless told: single words up to the bench's 64
 
+# What one more engine call costs, in padding rows: the price the planner weighs padding against
+# (batching.choose_batch_sizes). A padding row costs only decoder steps (the packed encoder
+# skips it), so both are in units of one row's decoder time. A call's time fits a + b * rows:
+# CPU, tiny_8, 2 threads, batch 8 to 64: a = 8.9 ms, and a row's decoder 0.86 ms, so about 10
+# (session 13); an H200, batch 1,024 to 4,096: a = 14.7 ms, a row's decoder 0.011 ms, about 1,300
+# (session 8's numbers).
+CALL_COST_ROWS = {"cpu": 10.0, "cuda": 1300.0}
+
 
 @dataclass(frozen=True, order=True)
 class Bucket:
@@ -66,5 +74,6 @@ class Engine(Protocol):
 
     buckets: list[Bucket]
     max_output_len: int
+    call_cost_rows: float  # CALL_COST_ROWS for its device
 
     def decode(self, input_ids: np.ndarray) -> DecodeOutput: ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import Bucket, DecodeOutput, greedy_output
+from .decoding import CALL_COST_ROWS, Bucket, DecodeOutput, greedy_output
 from .shapes import NEG_INF, TOKEN_BLOCK
 from .tokenizer import EOS, PAD
 
@@ -47,6 +47,7 @@ class TVMEngine:
         self._tvm = tvm
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
         self.max_output_len = max_output_len
+        self.call_cost_rows = CALL_COST_ROWS[device]
         self.buckets = sorted(compiled)
         self.stage_seconds = {"encode": 0.0, "decode": 0.0}  # seconds, summed over decode() calls
         uploaded: dict[tuple, object] = {}

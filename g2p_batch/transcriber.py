@@ -51,7 +51,8 @@ class Transcriber:
     def transcribe(self, langs: Sequence, words: Sequence, *, first_row: int = 0) -> list[RowResult]:
         """One result per row, in row order; identical (lang, word) rows are decoded once."""
         t0 = time.perf_counter()
-        plan = plan_batches(langs, words, self.buckets, self.fmt, self.known_langs, first_row)
+        plan = plan_batches(langs, words, self.buckets, self.fmt, self.known_langs, first_row,
+                            call_cost_rows=self.engine.call_cost_rows)
         decoded: list[tuple[str, float, bool] | None] = [None] * len(plan.items)
         tokenize, engine_s = time.perf_counter() - t0, 0.0
         encode_before = self._engine_encode_seconds()

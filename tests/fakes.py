@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from g2p_batch.decoding import Bucket, DecodeOutput
+from g2p_batch.decoding import CALL_COST_ROWS, Bucket, DecodeOutput
 from g2p_batch.engines import EngineSpec, PreparedEngine
 from g2p_batch.tokenizer import EOS, PAD, decode, encode_text
 
@@ -37,6 +37,7 @@ class FakeEngine:
                  delay_s: float = 0.0, encode_s: float = 0.0):
         self.buckets = sorted(buckets)
         self.max_output_len = max_output_len
+        self.call_cost_rows = CALL_COST_ROWS["cpu"]
         self.die_on_word, self.raise_on_word, self.marker = die_on_word, raise_on_word, marker
         self.delay_s, self.encode_s = delay_s, encode_s
         self.stage_seconds = {"encode": 0.0}
