@@ -140,6 +140,9 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
     return BatchPlan(items, row_items, errors, batches)
 
 
+_DP_BATCHES = 4  # largest-size batches' worth left to the dynamic programme, beside the remainder
+
+
 def choose_batch_sizes(n: int, sizes: Sequence[int], call_cost_rows: float) -> list[int]:
     """The cheapest run of compiled batch sizes that carries `n` rows, largest first.
 
@@ -171,5 +174,3 @@ def choose_batch_sizes(n: int, sizes: Sequence[int], call_cost_rows: float) -> l
         left -= pick[left]
     return [sizes[0]] * full + sorted(tail, reverse=True)
 
-
-_DP_BATCHES = 4  # largest-size batches' worth left to the dynamic programme, beside the remainder

@@ -60,7 +60,8 @@ def test_length_group_tails_move_up_so_only_one_batch_pads():
 
 
 def _cheapest(n, sizes, c):
-    """Every multiset of sizes that covers n, by brute force: the cost to beat."""
+    """The exact optimum over every multiset of sizes that covers n (a dynamic programme over
+    every count up to n, with no window): the cost to beat."""
     best = {0: 0.0}
     for left in range(1, n + 1):
         best[left] = min(best[max(0, left - s)] + s + c for s in sizes)
