@@ -33,17 +33,23 @@ def cuda_set():
     return root / "checkpoint", root / "artifacts"
 
 
-def test_cuda_matches_transformers(cuda_set, parity_entries):
+def _verified(engine, reference, entries, batch: int):
+    """verify.run's report, once it has shown every row equal to transformers'."""
     from g2p_batch import verify
+
+    rep = verify.run(engine, entries, batch, reference=reference)
+    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+    return rep
+
+
+def test_cuda_matches_transformers(cuda_set, parity_entries):
     from g2p_batch.reference import Reference
     from g2p_batch.runtime import load_engine
 
     ck, art = cuda_set
     engine = load_engine(art, device="cuda")
     assert "cuda" in str(engine.device)
-    rep = verify.run(engine, parity_entries, 8, reference=Reference(ck))
-    assert rep.rows == 500
-    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+    assert _verified(engine, Reference(ck), parity_entries, 8).rows == 500
 
 
 def test_cuda_early_exit_and_truncation(cuda_set, parity_entries):
@@ -65,36 +71,28 @@ def test_cuda_early_exit_and_truncation(cuda_set, parity_entries):
 def large_set():
     """The bench's tiny_8 modules for batches 1 and 1024 (the hand-scheduled GPU attention, greedy
     head and picked dense tiles at the shapes the bench times), with weights from the set's
-    checkpoint. `G2P_CUDA_LARGE_SET` names a folder like G2P_CUDA_SET's."""
+    checkpoint, and its transformers reference (loaded once for both tests).
+    `G2P_CUDA_LARGE_SET` names a folder like G2P_CUDA_SET's."""
+    from g2p_batch.reference import Reference
     from g2p_batch.runtime import load_engine
 
     path = os.environ.get("G2P_CUDA_LARGE_SET")
     if not path:
         pytest.skip("G2P_CUDA_LARGE_SET not set (tests/gpu/device_run.sh sets it)")
     ck, art = Path(path) / "checkpoint", Path(path) / "artifacts"
-    return ck, load_engine(art, device="cuda", checkpoint=str(ck))
+    return load_engine(art, device="cuda", checkpoint=str(ck)), Reference(ck)
 
 
 def test_cuda_large_batch_matches_transformers(large_set, parity_entries):
     """500 words in one 1024-row batch."""
-    from g2p_batch import verify
-    from g2p_batch.reference import Reference
-
-    ck, engine = large_set
+    engine, ref = large_set
     batch = max(b.batch for b in engine.buckets)
-    rep = verify.run(engine, parity_entries, batch, reference=Reference(ck))
-    assert rep.rows == 500
-    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+    assert _verified(engine, ref, parity_entries, batch).rows == 500
 
 
 def test_cuda_batch_1_matches_transformers(large_set, parity_entries):
     """One word per call, as the bench's latency is timed: at one row the dense tile picks and
     the reductions' launch shapes differ from the 1024-row ones."""
-    from g2p_batch import verify
-    from g2p_batch.reference import Reference
-
-    ck, engine = large_set
+    engine, ref = large_set
     assert min(b.batch for b in engine.buckets) == 1
-    rep = verify.run(engine, parity_entries[:60], 1, reference=Reference(ck))
-    assert rep.rows == 60
-    assert rep.mismatches == [], [(rep.tvm_text[i], rep.ref_text[i]) for i in rep.mismatches[:5]]
+    assert _verified(engine, ref, parity_entries[:60], 1).rows == 60
