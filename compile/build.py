@@ -18,17 +18,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from g2p_batch.artifacts import CompileRequest, ensure_artifacts  # noqa: E402
-from g2p_batch.tokenizer import PromptFormat  # noqa: E402
 
 
 def request_from_yaml(path: Path, **overrides) -> CompileRequest:
     raw = yaml.safe_load(path.read_text()) or {}
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    fields = {f.name for f in dataclasses.fields(CompileRequest)} | {"artifacts_dir", "space_after_colon"}
+    fields = {f.name for f in dataclasses.fields(CompileRequest)} - {"root"} | {"artifacts_dir"}
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise SystemExit(f"{path}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    raw["prompt"] = PromptFormat(bool(raw.pop("space_after_colon", False)))
     if "artifacts_dir" in raw:
         raw["root"] = raw.pop("artifacts_dir")
     return CompileRequest(**raw)

@@ -12,13 +12,16 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import pyarrow as pa
+
+from .config import JobError
 from .engines import EngineSpec, build_engine
-from .planner import Shard, open_parquet
+from .planner import InputError, Shard, open_parquet
 from .tokenizer import PromptFormat
 from .transcriber import Transcriber
 from .writer import output_table, write_shard
 
-__all__ = ["ShardResult", "ShardSettings", "TranscribeActor"]
+__all__ = ["ShardInputError", "ShardResult", "ShardSettings", "TranscribeActor", "read_shard"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,20 @@ class ShardResult:
     node: str | None
 
 
+class ShardInputError(JobError):
+    """The shard's rows cannot be read as they are (corrupt data, a file changed under the
+    job): deterministic, so the driver reports it instead of retrying on a fresh actor."""
+
+
 class TranscribeActor:
     def __init__(self, spec: EngineSpec, blob, fmt: PromptFormat, known_langs: set[str] | None,
-                 label: str = "actor"):
+                 label: str = "actor", trained_langs: set[str] | None = None, stop_loops: bool = True):
         # `blob` arrives as its own argument so Ray resolves the object-store reference here
         if blob is not None:
             spec = spec.with_(blob=blob)
         self.label = label
         self.target = spec.target
-        self.transcriber = Transcriber(build_engine(spec), fmt, known_langs)
+        self.transcriber = Transcriber(build_engine(spec), fmt, known_langs, trained_langs, stop_loops)
 
     def ready(self) -> dict:
         """Answers once the constructor (engine load) has finished."""
@@ -62,11 +70,7 @@ class TranscribeActor:
 
     def process(self, shard: Shard, settings: ShardSettings) -> ShardResult:
         start = time.perf_counter()
-        table = open_parquet(shard.source).read_row_groups(shard.row_groups)
-        if table.num_rows != shard.num_rows:
-            raise RuntimeError(f"{shard.source}: row groups {shard.rg_start}..{shard.rg_stop - 1} "
-                               f"hold {table.num_rows} rows, the plan said {shard.num_rows}; the "
-                               "file changed during the job, rerun it")
+        table = read_shard(shard)
         words = table.column(settings.word_column).to_pylist()
         langs = (table.column(settings.lang_column).to_pylist() if settings.lang_column
                  else [settings.lang] * len(words))
@@ -88,6 +92,32 @@ class TranscribeActor:
             size_bytes=size, statuses=dict(Counter(r.status for r in results)),
             unique_words=self.transcriber.decoded_items - items_before, timings=timings,
             seconds=end - start, actor=self.label, node=_node_id())
+
+
+def read_shard(shard: Shard) -> pa.Table:
+    """The shard's rows. pyarrow raises the same OSError for a damaged page as for a dropped
+    connection, so a failed read is tried again at once: failing twice alike, it is the data
+    (ShardInputError, not retried elsewhere); otherwise the error stays retryable."""
+    errors = []
+    for _ in range(2):
+        try:
+            table = open_parquet(shard.source).read_row_groups(shard.row_groups)
+            break
+        except (pa.ArrowException, OSError, InputError) as exc:
+            errors.append(exc)
+            if len(errors) == 2 and str(errors[0]) != str(exc):
+                raise
+    else:
+        first = " ".join(str(errors[0]).split())
+        raise ShardInputError(f"{shard.source}: rows {shard.first_row}..{shard.first_row + shard.num_rows - 1} "
+                              f"cannot be read ({first}), twice alike: the file is damaged; rewrite it "
+                              "or remove it from the input") from None
+    table = table.slice(shard.skip, shard.num_rows)
+    if table.num_rows != shard.num_rows:
+        raise ShardInputError(f"{shard.source}: row groups {shard.rg_start}..{shard.rg_stop - 1} hold "
+                              f"{table.num_rows + shard.skip} rows, the plan expected at least "
+                              f"{shard.num_rows + shard.skip}; the file changed during the job, rerun it")
+    return table
 
 
 def _node_id() -> str | None:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from . import targets as targets_mod
 from .decoding import DEFAULT_BATCH_SIZES, Bucket
-from .tokenizer import PromptFormat
 
 log = logging.getLogger("g2p_batch.artifacts")
 FORMAT = 3  # 2: packed-token encoder, cross K/V made by encode (no prefill function);
@@ -94,14 +93,22 @@ class CompileRequest:
     max_input_bytes: int = 64
     input_buckets: list[int] | None = None  # default: default_buckets(max_input_bytes)
     max_output_len: int = 64
-    prompt: PromptFormat = field(default_factory=PromptFormat)
-    root: str = "artifacts"
+    root: str | None = None                 # None: default_root()
 
     def buckets(self) -> list[Bucket]:
         lens = sorted(set(self.input_buckets or default_buckets(self.max_input_bytes)))
         if max(lens) > self.max_input_bytes:
             raise ValueError(f"input bucket {max(lens)} exceeds max_input_bytes {self.max_input_bytes}")
         return [Bucket(b, L) for b in sorted(set(self.batch_sizes)) for L in lens]
+
+
+def default_root() -> str:
+    """Where artifact sets live unless told: `$G2P_BATCH_CACHE`, else the user's cache folder
+    (`$XDG_CACHE_HOME` or `~/.cache`), so every command finds them from any working directory."""
+    import os
+    root = os.environ.get("G2P_BATCH_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "g2p-batch")
+    return str(Path(root).expanduser() / "artifacts")
 
 
 def manifest_hash(manifest: dict) -> str:
@@ -122,7 +129,6 @@ def _expect(manifest: dict, identity: dict, target: dict, req: CompileRequest) -
         ("checkpoint config", identity["config"], manifest["checkpoint"]["config"]),
         ("target", target, manifest["target"]),
         ("max_output_len", req.max_output_len, manifest["max_output_len"]),
-        ("prompt format", req.prompt.to_dict(), manifest["prompt"]),
         ("format", FORMAT, FORMAT if format_ok(manifest) else manifest.get("format")),
     ):
         if want != have:
@@ -149,7 +155,8 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
     req = req or CompileRequest(**fields)
     target = targets_mod.resolve(req.target)
     cp = cp or ckpt.load(req.checkpoint)  # identity only; weights are read if params must be built
-    out = Path(req.root) / cp.name / targets_mod.short_name(target)
+    prompt = cp.prompt().to_dict()  # how the checkpoint reads words: recorded, not compiled in
+    out = Path(req.root or default_root()) / cp.name / targets_mod.short_name(target)
     manifest_path = out / "manifest.json"
     buckets = req.buckets()
     T = req.max_output_len
@@ -162,6 +169,9 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
         if diffs:
             raise ArtifactMismatch(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
                                    + f"\nremove {out} to rebuild, or pass another artifacts directory")
+        if (manifest.get("prompt"), manifest.get("trained_languages")) != (prompt, cp.trained_languages):
+            manifest.update(prompt=prompt, trained_languages=cp.trained_languages)  # its metadata changed
+            _write_json(manifest_path, manifest)
         if manifest["checkpoint"]["weights_sha256"] != identity["weights_sha256"]:
             log.warning("%s has other weights (sha256 %s..., artifacts had %s...): packing its params in %s",
                         cp.name, identity["weights_sha256"][:12], manifest["checkpoint"]["weights_sha256"][:12], out)
@@ -183,7 +193,8 @@ def ensure_artifacts(req: CompileRequest | None = None, progress: bool = True, c
         manifest = {
             "format": FORMAT, "checkpoint": identity, "tvm_version": tvm.__version__, "target": target,
             "kernel_target": targets_mod.kind(target), "shape": shape.to_dict(), "max_output_len": T,
-            "max_input_bytes": req.max_input_bytes, "prompt": req.prompt.to_dict(),
+            "max_input_bytes": req.max_input_bytes, "prompt": prompt,
+            "trained_languages": cp.trained_languages,
             "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
             "params": _write_params(cp, shape, target, out),
             "languages": _languages(), "buckets": [],

@@ -11,6 +11,7 @@ the engine's per-call overhead.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Sequence
@@ -64,6 +65,9 @@ def validate_row(row: int, lang, word, known_langs: set[str] | None, fmt: Prompt
         raise RowError(f"row {row}: word is empty; fill it in or drop the row")
     if not word.strip():
         raise RowError(f"row {row}: word {word!r} is only whitespace; fill it in or drop the row")
+    junk = _junk(word)
+    if junk:
+        raise RowError(f"row {row}: word {word!r} {junk}")
     if lang is None:
         raise RowError(f"row {row}: language code is null; give the row a language code")
     if known_langs is not None and lang not in known_langs:
@@ -75,6 +79,24 @@ def validate_row(row: int, lang, word, known_langs: set[str] | None, fmt: Prompt
         return tuple(encode(lang, word, fmt, max_len=max_input_len))
     except InputTooLong as exc:
         raise RowError(f"row {row}: {exc}, or add a larger size to input_buckets") from exc
+
+
+# Unicode's explicit direction controls: invisible, never in a dictionary word, and they change
+# what the model reads. Joiners (ZWJ, ZWNJ) are not here: some scripts spell words with them.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _junk(word: str) -> str | None:
+    """Why a word is not a word (so the model would invent IPA for it), or None."""
+    for ch in word:
+        if unicodedata.category(ch) == "Cc":
+            return (f"holds the control character U+{ord(ch):04X}; remove control characters "
+                    "(newlines, tabs, NUL, ESC) from the word")
+        if ch in _BIDI:
+            return f"holds the bidirectional control U+{ord(ch):04X}; remove it from the word"
+    if not any(unicodedata.category(ch)[0] in "LMN" for ch in word):
+        return "has no letters (only symbols, punctuation or emoji); drop the row or spell the word"
+    return None
 
 
 def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],

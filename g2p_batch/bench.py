@@ -40,15 +40,42 @@ class BenchConfig:
     latency_runs: int = 20
     rounds: int = 3                # timed passes per engine, interleaved across engines; the median is reported
     seed: int = 0
-    cache_dir: str = "artifacts/bench"
+    cache_dir: str = field(default_factory=lambda: default_cache_dir())
     max_output_len: int = 32
     artifacts: str | None = None   # prebuilt artifact set (e.g. CUDA modules cross-compiled elsewhere)
 
 
+def default_cache_dir() -> str:
+    """bench/ beside the artifact cache: seeded checkpoints, their artifacts, CTranslate2 copies."""
+    from .artifacts import default_root
+    return str(Path(default_root()).parent / "bench")
+
+
 def sample_words(data: str, n: int, seed: int, max_bytes: int = 64) -> list[Entry]:
-    """n test words drawn evenly across all languages, each fitting the compiled input."""
+    """n test words drawn evenly across all languages, each fitting the compiled input (with
+    room for an EOS, so the sample is the same whatever the checkpoint's prompt format)."""
     rows = [e for e in read(data) if len(encode_text(PromptFormat().format(e.lang, e.word))) <= max_bytes]
     return random.Random(seed).sample(rows, min(n, len(rows)))
+
+
+def input_rows(ckpt: str, entries: list[Entry], check: bool = True) -> list[list[int]]:
+    """Every engine's input ids, in the checkpoint's prompt format. With `check`, they must equal
+    what transformers' ByT5Tokenizer makes of the CharsiuG2P-style text, as the reference is fed."""
+    from .checkpoint import load as load_checkpoint
+    from .reference import charsiu_text
+
+    prompt = load_checkpoint(ckpt).prompt()
+    rows = [encode(e.lang, e.word, prompt) for e in entries]
+    if check:
+        from transformers import ByT5Tokenizer
+
+        tok = ByT5Tokenizer()
+        texts = [charsiu_text(e.lang, e.word, prompt.space_after_colon) for e in entries]
+        upstream = tok(texts, add_special_tokens=prompt.input_eos)["input_ids"]
+        bad = next((i for i, (a, b) in enumerate(zip(rows, upstream)) if a != b), None)
+        if bad is not None:
+            raise AssertionError(f"input ids of {texts[bad]!r} differ from ByT5Tokenizer's: {rows[bad]} vs {upstream[bad]}")
+    return rows
 
 
 def matmul_ceiling(threads: int, n: int = 1024, reps: int = 10) -> float:
@@ -280,7 +307,7 @@ def _tvm_engine(cfg, ckpt):
     sizes = sorted({s for s in small if s < cfg.batch} | {1, cfg.batch})
     art = ensure_artifacts(CompileRequest(checkpoint=ckpt, target=target, batch_sizes=sizes,
                                           max_input_bytes=64, max_output_len=cfg.max_output_len,
-                                          root=cfg.cache_dir))
+                                          root=cfg.cache_dir))  # prompt: as the checkpoint declares
     return load_engine(art, device=cfg.device, threads=cfg.threads)
 
 
@@ -338,7 +365,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     from collections import defaultdict
 
     ckpt = bench_checkpoint(cfg)
-    rows = [encode(e.lang, e.word) for e in sample_words(cfg.data, cfg.words, cfg.seed)]
+    rows = input_rows(ckpt, sample_words(cfg.data, cfg.words, cfg.seed), check=False)
     idx = length_sorted_batches(rows, cfg.batch)[len(rows) // cfg.batch // 2]
     eng = _tvm_engine(cfg, ckpt)
     run_batch, input_len = _tvm_batch_runner(eng, cfg, rows, cfg.steps)
@@ -439,7 +466,7 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     ckpt_path = bench_checkpoint(cfg)
     shape = T5Shape.from_hf_config(json.loads((Path(ckpt_path) / "config.json").read_text()))
     entries = sample_words(cfg.data, cfg.words, cfg.seed)
-    rows = [encode(e.lang, e.word) for e in entries]
+    rows = input_rows(ckpt_path, entries, check=any(e != "tvm" for e in cfg.engines))
     batches = length_sorted_batches(rows, cfg.batch)
     steps = cfg.steps
     mean_in = float(np.mean([len(r) for r in rows]))

@@ -10,14 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from .tokenizer import PromptFormat
+
 DEFAULT_CHECKPOINT = "default"
 _PACKAGED = Path(__file__).parent / "checkpoints"
+# Beside config.json: how the checkpoint was trained (prompt format, languages), written by
+# `train`. A checkpoint without it (a released CharsiuG2P one) follows CharsiuG2P's conventions.
+METADATA_FILE = "g2p_batch.json"
 
 
 class CheckpointError(ValueError):
@@ -31,6 +36,17 @@ class Checkpoint:
     config: dict
     files: list[Path]              # the weight files, in name order
     sha256: str                    # of their bytes, in that order
+    metadata: dict = field(default_factory=dict)  # METADATA_FILE, {} when absent
+
+    def prompt(self, space_after_colon: bool | None = None, input_eos: bool | None = None) -> PromptFormat:
+        """Explicit settings win, then the checkpoint's own metadata, then CharsiuG2P's convention."""
+        return PromptFormat.from_dict(self.metadata.get("prompt", {})).override(space_after_colon, input_eos)
+
+    @property
+    def trained_languages(self) -> list[str] | None:
+        """The codes the checkpoint saw in training, when its metadata says (None: unknown)."""
+        langs = self.metadata.get("trained_languages")
+        return sorted(langs) if langs else None
 
     @cached_property
     def weights(self) -> dict[str, np.ndarray]:
@@ -101,7 +117,33 @@ def load(ref: str | os.PathLike) -> Checkpoint:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-    return Checkpoint(name=name, path=path, config=config, files=files, sha256=digest.hexdigest())
+    return Checkpoint(name=name, path=path, config=config, files=files, sha256=digest.hexdigest(),
+                      metadata=read_metadata(path))
+
+
+def read_metadata(path: Path) -> dict:
+    """The checkpoint's METADATA_FILE, checked; {} when it has none."""
+    f = Path(path) / METADATA_FILE
+    if not f.exists():
+        return {}
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+        PromptFormat.from_dict(meta.get("prompt", {}))
+        langs = meta.get("trained_languages")
+        if langs is not None and not (isinstance(langs, list) and all(isinstance(x, str) for x in langs)):
+            raise ValueError("trained_languages must be a list of language codes")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{f} is not valid ({exc}); fix it or remove it to use CharsiuG2P's "
+                              "defaults") from exc
+    return meta
+
+
+def write_metadata(out_dir: str | os.PathLike, prompt: PromptFormat, trained_languages: list[str]) -> Path:
+    """Declare how a checkpoint was trained, so no later command has to guess."""
+    f = Path(out_dir) / METADATA_FILE
+    f.write_text(json.dumps({"prompt": prompt.to_dict(), "trained_languages": sorted(trained_languages)},
+                            indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return f
 
 
 def _load_torch_file(f: Path, safetensors: bool) -> dict:

@@ -18,10 +18,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 
 CheckpointOpt = Annotated[str, typer.Option("--checkpoint", "-c", help="'default' (embedded), a local HF directory, or a hub id")]
 TargetOpt = Annotated[str, typer.Option(help="llvm (this CPU), cuda, cuda:sm_XX, or a JSON target dict")]
-ArtifactsOpt = Annotated[str, typer.Option("--artifacts-dir", help="root of compiled artifact sets")]
+ArtifactsOpt = Annotated[Optional[str], typer.Option("--artifacts-dir", help="root of compiled artifact sets (default: $G2P_BATCH_CACHE, else ~/.cache/g2p-batch)")]
 _BATCH_SIZES = ",".join(map(str, DEFAULT_BATCH_SIZES))
 BatchSizesOpt = Annotated[str, typer.Option(help="compiled batch sizes")]
-SpaceOpt = Annotated[bool, typer.Option("--space-after-colon/--no-space-after-colon", help="'<lang>: word' instead of '<lang>:word'")]
+SpaceOpt = Annotated[Optional[bool], typer.Option("--space-after-colon/--no-space-after-colon", help="'<lang>: word' instead of '<lang>:word' (default: as the checkpoint declares)")]
+InputEosOpt = Annotated[Optional[bool], typer.Option("--input-eos/--no-input-eos", help="end the input with EOS (default: as the checkpoint declares, else no, as CharsiuG2P)")]
+StopLoopsOpt = Annotated[bool, typer.Option("--stop-loops/--no-stop-loops", help="stop a row whose output repeats (status truncated)")]
 
 
 def _ints(text: str) -> list[int]:
@@ -42,13 +44,12 @@ def _domain_errors():
     return (ArtifactMismatch, CheckpointError, FileNotFoundError, ValueError)
 
 
-def _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len, space, artifacts_dir):
+def _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len, artifacts_dir):
     from .artifacts import CompileRequest
-    from .tokenizer import PromptFormat
     return CompileRequest(checkpoint=checkpoint, target=target, batch_sizes=_ints(batch_sizes),
                           max_input_bytes=max_input_bytes,
                           input_buckets=_ints(input_buckets) if input_buckets else None,
-                          max_output_len=max_output_len, prompt=PromptFormat(space), root=artifacts_dir)
+                          max_output_len=max_output_len, root=artifacts_dir)
 
 
 @app.callback()
@@ -77,16 +78,14 @@ def compile_cmd(
     checkpoint: CheckpointOpt = "default",
     target: TargetOpt = "llvm",
     batch_sizes: BatchSizesOpt = _BATCH_SIZES,
-    max_input_bytes: Annotated[int, typer.Option(help="longest input in bytes, '<lang>:' prefix and EOS included")] = 64,
+    max_input_bytes: Annotated[int, typer.Option(help="longest input in ids, '<lang>:' prefix (and EOS, if fed) included")] = 64,
     input_buckets: Annotated[str, typer.Option(help="input lengths to compile (default: 16, 32, ... up to max)")] = "",
     max_output_len: Annotated[int, typer.Option(help="decoder steps before a row counts as truncated")] = 64,
-    space_after_colon: SpaceOpt = False,
-    artifacts_dir: ArtifactsOpt = "artifacts",
+    artifacts_dir: ArtifactsOpt = None,
 ):
     """Compile a checkpoint into TVM artifacts (one module per batch size x input length)."""
     from .artifacts import ensure_artifacts, read_manifest
-    req = _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len,
-                   space_after_colon, artifacts_dir)
+    req = _request(checkpoint, target, batch_sizes, max_input_bytes, input_buckets, max_output_len, artifacts_dir)
     try:
         path = ensure_artifacts(req)
     except _domain_errors() as exc:
@@ -107,28 +106,33 @@ def _engine(req, threads):
 @app.command()
 def transcribe(
     words: Annotated[list[str], typer.Argument(help="words to transcribe")],
-    lang: Annotated[str, typer.Option(help="language code, e.g. eng-us, fra, cmn")] = "eng-us",
+    lang: Annotated[str, typer.Option(help="language code, e.g. eng-us, fra, zho-s (the model's list: g2p_batch/data/lang_list.txt)")] = "eng-us",
     checkpoint: CheckpointOpt = "default",
     target: TargetOpt = "llvm",
     batch_sizes: BatchSizesOpt = _BATCH_SIZES,
     max_input_bytes: Annotated[int, typer.Option()] = 64,
     max_output_len: Annotated[int, typer.Option()] = 64,
-    space_after_colon: SpaceOpt = False,
+    space_after_colon: SpaceOpt = None,
+    input_eos: InputEosOpt = None,
+    stop_loops: StopLoopsOpt = True,
     threads: Annotated[Optional[int], typer.Option(help="TVM threads (default: all cores)")] = None,
-    artifacts_dir: ArtifactsOpt = "artifacts",
+    artifacts_dir: ArtifactsOpt = None,
 ):
-    """Print word<TAB>IPA for each word, compiling artifacts on first use."""
+    """Print word<TAB>IPA for each word, compiling artifacts on first use. Rows the job would
+    mark as errors print their message, and make the exit status 1."""
     import os
     from .transcriber import Transcriber
-    from .tokenizer import PromptFormat
-    req = _request(checkpoint, target, batch_sizes, max_input_bytes, "", max_output_len, space_after_colon, artifacts_dir)
+    req = _request(checkpoint, target, batch_sizes, max_input_bytes, "", max_output_len, artifacts_dir)
     try:
         _, engine = _engine(req, threads or os.cpu_count())
     except _domain_errors() as exc:
         _fail(exc)
-    results = Transcriber(engine, PromptFormat(space_after_colon), None).transcribe([lang] * len(words), words)
+    prompt = engine.prompt.override(space_after_colon, input_eos)
+    results = Transcriber.for_engine(engine, stop_loops, prompt).transcribe([lang] * len(words), words)
     for w, r in zip(words, results):
         typer.echo(f"{w}\t{r.phonemes}" if r.status == "ok" else f"{w}\t{r.phonemes or ''}\t[{r.status}: {r.error}]")
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -140,35 +144,41 @@ def verify(
     target: TargetOpt = "llvm",
     max_input_bytes: Annotated[int, typer.Option()] = 64,
     max_output_len: Annotated[int, typer.Option()] = 64,
-    space_after_colon: SpaceOpt = False,
-    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="also decode with transformers and compare ids")] = True,
+    space_after_colon: SpaceOpt = None,
+    input_eos: InputEosOpt = None,
+    stop_loops: StopLoopsOpt = True,
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="also decode with transformers (inputs tokenized as CharsiuG2P does) and compare ids")] = True,
     threads: Annotated[Optional[int], typer.Option()] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the per-language report here")] = None,
-    artifacts_dir: ArtifactsOpt = "artifacts",
+    artifacts_dir: ArtifactsOpt = None,
 ):
     """Decode with TVM and transformers side by side: mismatching rows (0 expected), PER, WER."""
     import os
     from . import lexicon, verify as V
     from .reference import Reference
-    from .tokenizer import PromptFormat
-    req = _request(checkpoint, target, str(batch_size), max_input_bytes, "", max_output_len, space_after_colon, artifacts_dir)
+    req = _request(checkpoint, target, str(batch_size), max_input_bytes, "", max_output_len, artifacts_dir)
     threads = threads or os.cpu_count()
     try:
         entries = lexicon.read(data, limit=limit)
         path, engine = _engine(req, threads)
     except _domain_errors() as exc:
         _fail(exc)
+    prompt = engine.prompt.override(space_after_colon, input_eos)
     ref = None
     if reference:
         from .checkpoint import resolve
         ref = Reference(resolve(checkpoint)[1], threads=threads)
-    rep = V.run(engine, entries, batch_size, PromptFormat(space_after_colon), ref, progress=True)
+    rep = V.run(engine, entries, batch_size, prompt, ref, progress=True, stop_loops=stop_loops)
     langs = len({e.lang for e in entries})
     typer.echo(f"rows: {rep.rows} over {langs} languages, batch size {batch_size}, skipped (too long): {len(rep.skipped)}")
-    typer.echo(f"tvm: {rep.rows / max(rep.tvm_seconds, 1e-9):.1f} words/s, truncated rows: {rep.truncated}")
+    typer.echo(f"prompt: {prompt.to_dict()}")
+    typer.echo(f"tvm: {rep.rows / max(rep.tvm_seconds, 1e-9):.1f} words/s, truncated rows: {rep.truncated} "
+               f"(stopped as loops: {len(rep.looped)})")
     if ref is not None:
         typer.echo(f"transformers: {rep.rows / max(rep.ref_seconds, 1e-9):.1f} words/s")
         typer.echo(f"mismatching rows: {len(rep.mismatches)}")
+        if rep.looped:
+            typer.echo(f"rows stopped as loops where transformers later ended with EOS: {len(rep.loops_ended_later)}")
     if rep.per_lang:
         per, wer = V.mean_scores(rep.per_lang, "tvm")
         line = f"tvm PER {per:.4f} WER {wer:.4f}"
@@ -178,7 +188,9 @@ def verify(
         typer.echo(line + f" (mean over {len(rep.per_lang)} languages)")
     if json_out:
         json_out.write_text(json.dumps({"rows": rep.rows, "mismatches": rep.mismatches, "truncated": rep.truncated,
-                                        "per_lang": rep.per_lang, "skipped": rep.skipped}, indent=2))
+                                        "looped": len(rep.looped), "loops_ended_later": len(rep.loops_ended_later),
+                                        "prompt": prompt.to_dict(), "per_lang": rep.per_lang,
+                                        "skipped": rep.skipped}, indent=2))
     if rep.mismatches:
         for i in rep.mismatches[:10]:
             typer.echo(f"  mismatch row {i}: tvm {rep.tvm_text[i]!r} vs transformers {rep.ref_text[i]!r}", err=True)
@@ -200,7 +212,10 @@ def run(
     threads_per_actor: Annotated[Optional[int], typer.Option()] = None,
     num_cpu_actors: Annotated[Optional[int], typer.Option()] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite/--resume", help="start over instead of skipping committed shards")] = None,
-    artifacts_dir: Annotated[Optional[str], typer.Option("--artifacts-dir")] = None,
+    space_after_colon: SpaceOpt = None,
+    input_eos: InputEosOpt = None,
+    stop_loops: Annotated[Optional[bool], typer.Option("--stop-loops/--no-stop-loops", help="stop a row whose output repeats (default: on)")] = None,
+    artifacts_dir: ArtifactsOpt = None,
 ):
     """Transcribe Parquet lexicons with Ray: one Parquet shard out per input shard, resumable."""
     from .config import JobError, load_config
@@ -208,7 +223,8 @@ def run(
     overrides = dict(input=input, output=output, word_column=word_column, lang_column=lang_column, lang=lang,
                      checkpoint=checkpoint, target=target, rows_per_shard=rows_per_shard,
                      max_output_len=max_output_len, threads_per_actor=threads_per_actor,
-                     num_cpu_actors=num_cpu_actors, overwrite=overwrite, artifacts_dir=artifacts_dir)
+                     num_cpu_actors=num_cpu_actors, overwrite=overwrite, space_after_colon=space_after_colon,
+                     input_eos=input_eos, stop_loops=stop_loops, artifacts_dir=artifacts_dir)
     if config is None and (input is None or output is None):
         _fail(ValueError("pass --input and --output (or --config with both)"))
     try:
@@ -234,6 +250,7 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     lang_balance: Annotated[float, typer.Option(help="draw language l in proportion to n_l**this (1: as the data)")] = 1.0,
     bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: on CUDA only; worth it on CPUs with AMX)")] = None,
+    input_eos: Annotated[bool, typer.Option("--input-eos/--no-input-eos", help="end inputs with EOS (CharsiuG2P does not; the default checkpoint was trained with it)")] = False,
 ):
     """Train a CharsiuG2P-style checkpoint (torch; GPU when present). The defaults are the shipped
     default's recipe (MODEL_CARD.md); `python -m g2p_batch.train --help` lists every option."""
@@ -241,7 +258,7 @@ def train(
     summary = run_training(data=str(data), out=str(out), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
                            warmup_steps=warmup_steps, dropout=dropout, max_minutes=max_minutes,
                            dev=str(dev) if dev else None, init=str(init) if init else None,
-                           seed=seed, lang_balance=lang_balance, bf16=bf16, time_aware_schedule=True,
+                           seed=seed, lang_balance=lang_balance, bf16=bf16, time_aware_schedule=True, input_eos=input_eos,
                            argv=sys.argv)
     typer.echo(json.dumps({k: summary[k] for k in ("steps", "epochs_done", "seconds", "final_loss")}))
 
@@ -259,7 +276,7 @@ def bench(
     latency_runs: Annotated[int, typer.Option()] = 20,
     rounds: Annotated[int, typer.Option(help="timed passes per engine, the engines taking turns (with --ray: rounds of all four runs); the median counts")] = 3,
     out: Annotated[Path, typer.Option(help="folder for bench.json and bench.png")] = Path("bench-out"),
-    cache_dir: Annotated[str, typer.Option(help="where bench checkpoints and artifacts are kept")] = "artifacts/bench",
+    cache_dir: Annotated[Optional[str], typer.Option(help="where bench checkpoints and artifacts are kept (default: bench/ in the user cache)")] = None,
     artifacts: Annotated[Optional[str], typer.Option(help="prebuilt artifact set to run (weights from --checkpoint)")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="instead: the Parquet job on 1 and --actors actors (1 thread each)")] = False,
     actors: Annotated[int, typer.Option(help="actors for --ray")] = 2,
@@ -271,7 +288,7 @@ def bench(
     from . import bench as B
     cfg = B.BenchConfig(checkpoint=checkpoint, data=str(data), words=words, batch=batch, steps=steps or None,
                         threads=threads or os.cpu_count() or 1, engines=tuple(e.strip() for e in engines.split(",")),
-                        device=device, latency_runs=latency_runs, rounds=max(1, rounds), cache_dir=cache_dir,
+                        device=device, latency_runs=latency_runs, rounds=max(1, rounds), cache_dir=cache_dir or B.default_cache_dir(),
                         artifacts=artifacts)
     out.mkdir(parents=True, exist_ok=True)
     if profile:

@@ -58,8 +58,10 @@ class JobConfig:
     max_retries: int = 2
     overwrite: bool = False
     known_langs: str | list[str] | None = None  # a file of codes, a list, or None: the model's
-    space_after_colon: bool = False
-    artifacts_dir: str = "artifacts"
+    space_after_colon: bool | None = None  # None: as the checkpoint was trained (its metadata,
+    input_eos: bool | None = None          # else CharsiuG2P's `<lang>:word` without EOS)
+    stop_loops: bool = True                # end a row whose output repeats (status truncated)
+    artifacts_dir: str | None = None       # None: the per-user cache (artifacts.default_root)
     engine: str = DEFAULT_ENGINE         # "module:function" preparing engines on the driver
     ray_address: str | None = None       # None: RAY_ADDRESS, a running cluster, or a local one
     progress: bool = True
@@ -70,7 +72,7 @@ class JobConfig:
     def validate(self) -> None:
         for key in ("input", "output", "word_column", "checkpoint", "artifacts_dir", "engine"):
             value = getattr(self, key)
-            if not isinstance(value, str) or not value.strip():
+            if (value is not None or key != "artifacts_dir") and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
         if (self.lang_column is None) == (self.lang is None):
             raise ConfigError(
@@ -89,9 +91,10 @@ class JobConfig:
         for key in ("num_cpu_actors", "num_gpu_actors"):
             if getattr(self, key) is not None:
                 _check_int(key, getattr(self, key), minimum=0)
-        for key in ("overwrite", "space_after_colon", "progress"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        for key in ("overwrite", "space_after_colon", "input_eos", "stop_loops", "progress"):
+            value = getattr(self, key)
+            if not isinstance(value, bool) and not (value is None and key in ("space_after_colon", "input_eos")):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
         if ":" not in self.engine:
             raise ConfigError(f"engine {self.engine!r} must be an import path 'module:function'")
         if self.target == "llvm" and self.num_gpu_actors:

@@ -44,29 +44,59 @@ class DecodeOutput:
     tokens: np.ndarray     # [B, T] int32 generated ids (no start token); PAD after EOS
     lengths: np.ndarray    # [B] int32 tokens generated incl. EOS (T when truncated)
     scores: np.ndarray     # [B] float32 mean log-probability of the greedy tokens
-    truncated: np.ndarray  # [B] bool: reached max_output_len without emitting EOS
+    truncated: np.ndarray  # [B] bool: stopped without emitting EOS (at max_output_len or a loop)
     steps: int = 0         # decoder steps actually run (early exit when all rows ended)
+    looped: np.ndarray | None = None  # [B] bool: stopped early because its output repeats
 
 
-def greedy_output(raw_ids: np.ndarray, raw_logp: np.ndarray, filler: np.ndarray, max_len: int) -> DecodeOutput:
+# A row whose last ids repeat one short pattern is the model looping (`ˈɾɾɾˈɾɾɾ...`): it is
+# stopped there rather than run to max_output_len. A pattern of p ids counts once the row's last
+# max(LOOP_MIN_IDS, LOOP_MIN_REPEATS * p) ids each equal the id p before: 33 copies of one byte,
+# 17 of a two-byte IPA letter, 7 of an 8-byte syllable. A model can still break out of such a
+# loop and end the word (1 row in 50,000 of the default's test split, itself wrong either way);
+# `stop_loops=False` decodes exactly as transformers does. PERF.md has the measurements.
+LOOP_MAX_PERIOD = 12
+LOOP_MIN_IDS = 32
+LOOP_MIN_REPEATS = 6
+
+
+def repeating_rows(history: np.ndarray) -> np.ndarray:
+    """[B, n] ids generated so far -> [B] bool: the row's tail repeats a pattern (see above)."""
+    B, n = history.shape
+    out = np.zeros(B, bool)
+    for p in range(1, LOOP_MAX_PERIOD + 1):
+        span = max(LOOP_MIN_IDS, LOOP_MIN_REPEATS * p)
+        if span + p > n:
+            break
+        out |= (history[:, n - span:] == history[:, n - span - p:n - p]).all(axis=1)
+    return out
+
+
+def greedy_output(raw_ids: np.ndarray, raw_logp: np.ndarray, filler: np.ndarray, max_len: int,
+                  stop_at: np.ndarray | None = None) -> DecodeOutput:
     """Rows' results from the decoder's raw per-step argmax ids and log-probabilities [B, steps],
     as generate() reports them: tokens up to and including the first EOS, PAD after it; the
     length counts the EOS; the score is the mean log-probability of those tokens, summed in
-    step order. `filler` rows (padding a partly used batch) produce nothing.
+    step order. `filler` rows (padding a partly used batch) produce nothing; a row with
+    `stop_at[r] <= steps` was stopped as a loop and keeps its first `stop_at[r]` tokens.
 
     The runtime feeds each row its own argmax even after its EOS (generate feeds pad): rows never
     interact, so that changes no kept token, and the host need not touch the ids between steps."""
     B, steps = raw_ids.shape
-    ended = np.cumsum(raw_ids == EOS, axis=1) > 0  # an EOS at or before each step
+    stop_at = np.full(B, steps + 1) if stop_at is None else stop_at
+    in_range = np.arange(steps)[None, :] < stop_at[:, None]
+    ended = np.cumsum((raw_ids == EOS) & in_range, axis=1) > 0  # an EOS at or before each step
     before = np.concatenate([np.zeros((B, 1), bool), ended[:, :-1]], axis=1)
-    live = ~filler[:, None] & ~before
+    live = ~filler[:, None] & ~before & in_range
     tokens = np.full((B, max_len), PAD, np.int32)
     tokens[:, :steps] = np.where(live, raw_ids, PAD)
     lengths = live.sum(axis=1).astype(np.int32)
     logp_sum = np.cumsum(np.where(live, raw_logp.astype(np.float64), 0.0), axis=1)[:, -1]
     scores = np.where(lengths > 0, logp_sum / np.maximum(lengths, 1), 0.0).astype(np.float32)
-    return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=~filler & ~ended[:, -1],
-                        steps=steps)
+    truncated = ~filler & ~ended[:, -1]
+    looped = truncated & (stop_at <= steps)
+    return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated,
+                        steps=steps, looped=looped)
 
 
 class Engine(Protocol):
@@ -76,4 +106,4 @@ class Engine(Protocol):
     max_output_len: int
     call_cost_rows: float  # CALL_COST_ROWS for its device
 
-    def decode(self, input_ids: np.ndarray) -> DecodeOutput: ...
+    def decode(self, input_ids: np.ndarray, *, stop_loops: bool = True) -> DecodeOutput: ...

@@ -16,18 +16,16 @@ import re
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
 from . import storage
-from .actor import ShardResult, ShardSettings, TranscribeActor
+from .actor import ShardInputError, ShardResult, ShardSettings, TranscribeActor
 from .config import ActorGroup, ConfigError, JobConfig, JobError, resolve_actor_groups
 from .engines import PreparedEngine, import_object
-from .planner import Plan, Shard, plan_shards
-from .tokenizer import PromptFormat
-from .writer import REPORT, Manifest, write_json
+from .planner import Plan, Shard, open_parquet, plan_shards, resolve_sources
+from .writer import REPORT, Manifest, output_table, write_json, write_shard
 
 __all__ = ["JobFailed", "JobReport", "run_job"]
 
@@ -37,7 +35,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STAGES = ("read", "tokenize", "encode", "decode", "write")
 # settings that change what lands in the output: a resume under other values would mix results
 OUTPUT_SETTINGS = ("input", "word_column", "lang_column", "lang", "checkpoint", "max_output_len",
-                   "space_after_colon", "known_langs", "rows_per_shard")
+                   "space_after_colon", "input_eos", "stop_loops", "known_langs", "rows_per_shard")
 
 
 @dataclass
@@ -47,7 +45,9 @@ class JobReport:
     shards_skipped: int = 0          # committed by an earlier run and still intact
     shards_committed: int = 0        # committed by this run
     failed: list[dict] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)   # this run's rows by status
+    rows: dict[str, int] = field(default_factory=dict)   # every committed row by status, all runs
+    run_rows: dict[str, int] = field(default_factory=dict)  # this run's rows by status
+    skipped_files: list[dict] = field(default_factory=list)  # input files that are not Parquet
     actors: dict[str, dict] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     failed_attempts: int = 0
@@ -67,7 +67,7 @@ class JobReport:
     def add(self, result: ShardResult, target: str) -> None:
         self.shards_committed += 1
         for status, n in result.statuses.items():
-            self.rows[status] = self.rows.get(status, 0) + n
+            self.run_rows[status] = self.run_rows.get(status, 0) + n
         for stage, seconds in result.timings.items():
             self.stages[stage] = self.stages.get(stage, 0.0) + seconds
         a = self.actors.setdefault(result.actor, {"target": target, "node": result.node,
@@ -82,6 +82,8 @@ class JobReport:
         lines = [f"{self.shards_committed} shards written, {self.shards_skipped} already done, "
                  f"{len(self.failed)} failed, of {self.shards_planned}; {rows}; "
                  f"{self.wall_s:.1f}s wall -> {self.output}"]
+        for f in self.skipped_files[:10]:
+            lines.append(f"  skipped {f['file']}: {f['reason']}")
         for f in self.failed[:10]:
             lines.append(f"  FAILED {f['shard']} ({f['source']}, after {f['attempts']} "
                          f"attempts): {f['error']}")
@@ -111,6 +113,8 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
             | None = None) -> JobReport:
     """Transcribe `config.input` into `config.output`; raises JobFailed if any shard failed.
 
+    Everything that can fail before the first shard (inputs and their schemas, the output
+    location, the cluster, the engines) is checked before an earlier run's results are touched.
     `engine_factory` (a callable or 'module:function', default `config.engine`) prepares one
     engine per target on the driver; see `engines.py` for the seam.
     """
@@ -119,19 +123,35 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
     plan = plan_shards(config.input, config.word_column, config.lang_column, config.rows_per_shard)
     manifest, todo = _resume(config, plan)
     report = JobReport(output=config.output, shards_planned=len(plan.shards),
-                       shards_skipped=len(plan.shards) - len(todo))
+                       shards_skipped=len(plan.shards) - len(todo), skipped_files=plan.skipped)
+    work = [s for s in todo if s.num_rows]
     log.info("g2p-batch: %d shards (%d rows) from %d files; %d already done; %d rows to go",
              len(plan.shards), plan.total_rows, len(plan.files), report.shards_skipped,
-             sum(s.num_rows for s in todo))
-    if todo:
+             sum(s.num_rows for s in work))
+    if work:
         factory = engine_factory or config.engine
         factory = import_object(factory) if isinstance(factory, str) else factory
-        _dispatch(config, factory, manifest, todo, report, t0)
+        _dispatch(config, factory, manifest, work, report, t0)
+    for shard in todo:
+        if not shard.num_rows:
+            _write_empty(config, manifest, shard, report)
+    manifest.drop_stale()
+    report.rows = manifest.totals()
     report.wall_s = time.perf_counter() - t0
-    write_json(config.output, REPORT, report.to_dict())
+    if manifest.replaces is None:   # else an earlier run's results are still the output
+        write_json(config.output, REPORT, report.to_dict())
     if not report.ok:
         raise JobFailed(report)
     return report
+
+
+def _write_empty(config: JobConfig, manifest: Manifest, shard: Shard, report: JobReport) -> None:
+    """An empty input file: a schema-only output file, written here (no actor, no engine)."""
+    schema = open_parquet(shard.source).schema_arrow
+    table = output_table(schema.empty_table(), [])
+    sha, _ = write_shard(table, config.output, shard.name)
+    manifest.commit(shard, 0, sha, "driver", {})
+    report.shards_committed += 1
 
 
 def _dispatch(config: JobConfig, factory, manifest: Manifest, todo: list[Shard],
@@ -144,6 +164,10 @@ def _dispatch(config: JobConfig, factory, manifest: Manifest, todo: list[Shard],
     try:
         groups = resolve_actor_groups(config, ray.cluster_resources())
         prepared = {g.target: _prepare(factory, config, g.target) for g in groups}
+        prompts = {p.prompt for p in prepared.values()}
+        if len(prompts) > 1:
+            raise ConfigError(f"the engines disagree on the prompt format ({sorted(map(str, prompts))}); "
+                              "set space_after_colon and input_eos explicitly")
         known = config.known_lang_set(next((p.languages for p in prepared.values()
                                             if p.languages), None))
         if config.lang is not None and config.lang not in known:
@@ -198,8 +222,9 @@ class _Pool:
 
         self.config, self.manifest, self.report = config, manifest, report
         self.remote = ray.remote(TranscribeActor)
-        self.fmt = PromptFormat(space_after_colon=config.space_after_colon)
-        self.known = known
+        first = next(iter(prepared.values()))
+        self.fmt, self.known = first.prompt, known
+        self.trained = set(first.trained_languages) if first.trained_languages else None
         # artifacts go into the object store once per target; every actor gets a reference
         self.blobs = {t: ray.put(p.spec.blob) for t, p in prepared.items()}
         self.specs = {g.target: prepared[g.target].spec.with_(blob=None, threads=g.threads)
@@ -273,7 +298,8 @@ class _Pool:
         slot.actor = self.remote.options(
             num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": g.env_vars},
-        ).remote(self.specs[g.target], self.blobs[g.target], self.fmt, self.known, slot.label)
+        ).remote(self.specs[g.target], self.blobs[g.target], self.fmt, self.known, slot.label,
+                 self.trained, self.config.stop_loops)
         self.inflight[slot.actor.ready.remote()] = (slot, None)
         slot.state = "starting"
 
@@ -281,9 +307,12 @@ class _Pool:
         if result.shard_id != shard.id or result.rows_out != shard.num_rows:
             raise RuntimeError(f"actor {slot.label} wrote {result.rows_out} rows for shard "
                                f"{result.shard_id}, expected {shard.num_rows} for {shard.id}")
-        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor)
+        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor, result.statuses)
         self.report.add(result, slot.group.target)
         self.bar.update(result.rows_in)
+        self._postfix()
+
+    def _postfix(self) -> None:
         self.bar.set_postfix(shards=self.report.shards_committed,
                              failed=len(self.report.failed), refresh=False)
 
@@ -291,6 +320,13 @@ class _Pool:
         import ray
 
         error = _describe(exc)
+        if shard is not None and _is_input_error(exc):
+            # the data, not the actor: retrying cannot help, and the actor stays usable
+            slot.state = "idle"
+            self.attempts[shard.id] += 1
+            self.report.failed_attempts += 1
+            self._give_up(shard, error + " (not retried: the same read fails every time)")
+            return
         ray.kill(slot.actor, no_restart=True)   # its state is suspect even if it lives
         slot.actor, slot.state = None, "dead"
         if shard is None:
@@ -312,8 +348,14 @@ class _Pool:
     def _give_up(self, shard: Shard, error: str) -> None:
         log.error("shard %s failed: %s", shard.id, error)
         self.report.failed.append({"shard": shard.id, "source": shard.source,
-                                   "row_groups": [shard.rg_start, shard.rg_stop - 1],
+                                   "rows": [shard.first_row, shard.first_row + shard.num_rows - 1],
                                    "attempts": self.attempts[shard.id], "error": error})
+        if getattr(self, "bar", None) is not None:
+            self._postfix()
+
+
+def _is_input_error(exc: Exception) -> bool:
+    return isinstance(exc, ShardInputError) or isinstance(getattr(exc, "cause", None), ShardInputError)
 
 
 def _describe(exc: Exception, limit: int = 1000) -> str:
@@ -355,7 +397,8 @@ def _fingerprint(config: JobConfig) -> tuple[str, dict]:
 
 def _resume(config: JobConfig, plan: Plan) -> tuple[Manifest, list[Shard]]:
     """The manifest to extend and the shards still to do; refuses to mix results of other
-    settings or another plan into one output directory."""
+    settings or another plan into one output directory. Deletes nothing: with overwrite, the
+    earlier results go when this run commits its first shard (`Manifest.replaces`)."""
     fingerprint, settings = _fingerprint(config)
     fs, base = storage.resolve(config.output)
     fs.create_dir(base, recursive=True)
@@ -366,13 +409,14 @@ def _resume(config: JobConfig, plan: Plan) -> tuple[Manifest, list[Shard]]:
         if not config.overwrite:
             raise ConfigError(str(exc)) from exc
         manifest = None                 # overwrite: an unreadable manifest is replaced
-    if manifest is not None and (config.overwrite or not manifest.shards):
-        manifest.remove_outputs()       # nothing committed yet: other settings are fine too
-        manifest = None
-    if manifest is None:
-        manifest = Manifest(config.output, fingerprint, {"settings": settings})
-        manifest.save()
-        return manifest, list(plan.shards)
+    fresh = Manifest(config.output, fingerprint, {"settings": settings})
+    if config.overwrite:
+        old = [e["file"] for e in manifest.shards.values()] if manifest is not None else []
+        fresh.replaces, fresh.stale = old, set(old) & {s.name for s in plan.shards}
+        return fresh, list(plan.shards)
+    if manifest is None or not manifest.shards:   # nothing committed: other settings are fine
+        fresh.save()
+        return fresh, list(plan.shards)
     if manifest.fingerprint != fingerprint:
         old = manifest.info.get("settings", {})
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items()
@@ -401,9 +445,14 @@ def _record_engines(config: JobConfig, manifest: Manifest,
         raise ConfigError(f"{config.output} holds shards from checkpoint {previous}, this run "
                           f"would use {sorted(checkpoints)}; set overwrite: true, or choose a "
                           "new output")
+    prompt = next(iter(prepared.values())).prompt.to_dict()
+    if manifest.shards and manifest.info.get("prompt", prompt) != prompt:
+        raise ConfigError(f"{config.output} holds shards made with prompt {manifest.info['prompt']}, "
+                          f"this run would use {prompt}; set overwrite: true, or choose a new output")
     manifest.info.update(
         checkpoint_id=sorted(checkpoints)[0] if len(checkpoints) == 1 else sorted(checkpoints),
-        artifacts={t: p.artifacts_hash for t, p in prepared.items()}, config=config.to_dict())
+        artifacts={t: p.artifacts_hash for t, p in prepared.items()}, prompt=prompt,
+        config=config.to_dict())
     manifest.save()
 
 
@@ -416,10 +465,18 @@ def _remove_orphan_tmp(fs: pafs.FileSystem, base: str) -> None:
 
 
 def _check_locations(config: JobConfig) -> None:
-    if storage.is_uri(config.input) or storage.is_uri(config.output):
-        return
-    inp, out = Path(config.input).resolve(), Path(config.output).resolve()
-    if inp.is_dir() and (out == inp or inp in out.parents):
+    """Input and output must not overlap: a rerun would read the job's own results as input."""
+    out_fs, out = storage.resolve(config.output)
+    out = out.rstrip("/")
+    in_fs, inp = storage.resolve(config.input.split("?", 1)[0])
+    if type(in_fs) is type(out_fs) and in_fs.get_file_info(inp).type == pafs.FileType.Directory \
+            and (out == inp.rstrip("/") or out.startswith(inp.rstrip("/") + "/")):
         raise ConfigError(f"output {config.output!r} is inside the input directory "
                           f"{config.input!r}, so a rerun would read its own results; choose an "
                           "output outside it")
+    for source in resolve_sources(config.input):
+        fs, path = storage.resolve(source.split("?", 1)[0])
+        if type(fs) is type(out_fs) and path.startswith(out + "/"):
+            raise ConfigError(f"input file {source!r} lies inside the output folder "
+                              f"{config.output!r}, so a rerun would read this job's results as "
+                              "input; choose an output folder that holds no input")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .decoding import Engine
+from .tokenizer import PromptFormat
 
 __all__ = ["EngineSpec", "PreparedEngine", "build_engine", "import_object", "load_tvm_engine",
            "prepare_tvm_engine"]
@@ -49,6 +50,8 @@ class PreparedEngine:
     languages: list[str] | None      # the model's codes, when its artifacts list them
     checkpoint_id: str
     artifacts_hash: str | None       # sha256 of the artifact manifest: which compile ran
+    prompt: PromptFormat = field(default_factory=PromptFormat)  # how words become input ids
+    trained_languages: list[str] | None = None  # None: unknown (every known language trusted)
 
 
 def build_engine(spec: EngineSpec) -> Engine:
@@ -71,20 +74,18 @@ def import_object(path: str) -> Callable:
 def prepare_tvm_engine(config, target: str) -> PreparedEngine:
     """Compile (or find in the cache) the job's buckets for `target` and pack them."""
     from . import artifacts, checkpoint
-    from .tokenizer import PromptFormat
 
     cp = checkpoint.load(config.checkpoint)
     directory = artifacts.ensure_artifacts(
         checkpoint=config.checkpoint, target=target, batch_sizes=list(config.batch_sizes),
         input_buckets=list(config.input_buckets), max_input_bytes=max(config.input_buckets),
-        max_output_len=config.max_output_len,
-        prompt=PromptFormat(space_after_colon=config.space_after_colon),
-        root=config.artifacts_dir, progress=config.progress, cp=cp)
+        max_output_len=config.max_output_len, root=config.artifacts_dir, progress=config.progress, cp=cp)
     blob, manifest = artifacts.pack(directory, cp.sha256)
     return PreparedEngine(
         spec=EngineSpec(target=target, blob=blob),
         languages=manifest.get("languages") or None,
-        checkpoint_id=manifest["checkpoint"]["weights_sha256"], artifacts_hash=artifacts.manifest_hash(manifest))
+        checkpoint_id=manifest["checkpoint"]["weights_sha256"], artifacts_hash=artifacts.manifest_hash(manifest),
+        prompt=cp.prompt(config.space_after_colon, config.input_eos), trained_languages=cp.trained_languages)
 
 
 def load_tvm_engine(spec: EngineSpec) -> Engine:

@@ -1,16 +1,19 @@
 """Cut the input into shards from Parquet footers alone, and refuse bad input before any work.
 
-A shard is a run of whole row groups of one file, so an actor reads exactly its rows and
-nothing else, and a shard's name is a pure function of (file, row groups): a rerun of the same
-plan writes the same output names, which is what makes resume and retries exactly-once.
+A shard is a range of rows of one file (whole row groups where they fit `rows_per_shard`, a
+big row group cut into pieces), so an actor reads its rows and little else, and a shard's name
+is a pure function of (file, rows): a rerun of the same plan writes the same output names,
+which is what makes resume and retries exactly-once.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -23,8 +26,10 @@ from .writer import OUTPUT_COLUMNS
 
 __all__ = ["InputError", "Plan", "Shard", "open_parquet", "plan_shards", "resolve_sources"]
 
+log = logging.getLogger("g2p_batch")
 _GLOB = re.compile(r"[*?\[]")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")   # \w is Unicode-aware: a stem like 词典 stays readable
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
 class InputError(JobError, ValueError):
@@ -34,10 +39,11 @@ class InputError(JobError, ValueError):
 @dataclass(frozen=True)
 class Shard:
     source: str          # absolute path or URI of the Parquet file (storage.resolve accepts it)
-    rg_start: int        # first row group
-    rg_stop: int         # one past the last row group
-    num_rows: int
     first_row: int       # index in the source file of the shard's first row
+    num_rows: int
+    rg_start: int        # first row group holding its rows
+    rg_stop: int         # one past the last
+    skip: int = 0        # rows of row group rg_start before first_row (a cut row group)
 
     @property
     def row_groups(self) -> list[int]:
@@ -45,13 +51,15 @@ class Shard:
 
     @property
     def id(self) -> str:
-        """`<stem>-<hash8 of the full path>-rg<first>-<last>`: readable, and unique per file."""
+        """`<stem>-<hash8 of the full path>-r<first>-<last>`: readable, unique per file, and never
+        starting with '_' or '.', which Parquet dataset readers (pyarrow, Spark, Hive) skip."""
         path = self.source.split("?", 1)[0]
         stem = path.rstrip("/").rsplit("/", 1)[-1]
-        stem = stem[: -len(".parquet")] if stem.endswith(".parquet") else stem
-        stem = _UNSAFE.sub("_", stem)[:80] or "part"
+        stem = next((stem[: -len(x)] for x in PARQUET_SUFFIXES if stem.endswith(x)), stem)
+        stem = _UNSAFE.sub("_", unicodedata.normalize("NFC", stem)).strip("._-")[:80] or "part"
         digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:8]
-        return f"{stem}-{digest}-rg{self.rg_start:05d}-{self.rg_stop - 1:05d}"
+        rows = f"r{self.first_row:09d}-{self.first_row + self.num_rows - 1:09d}" if self.num_rows else "empty"
+        return f"{stem}-{digest}-{rows}"
 
     @property
     def name(self) -> str:
@@ -62,6 +70,7 @@ class Shard:
 class Plan:
     shards: list[Shard]
     files: list[str]
+    skipped: list[dict] = field(default_factory=list)  # {"file", "reason"}: not Parquet, left out
 
     @property
     def total_rows(self) -> int:
@@ -70,29 +79,44 @@ class Plan:
 
 def plan_shards(input: str, word_column: str, lang_column: str | None,
                 rows_per_shard: int) -> Plan:
-    """Shards of about `rows_per_shard` rows (a bigger row group is a shard of its own).
+    """Shards of at most `rows_per_shard` rows.
 
-    Every file's footer is read and checked first; all problems are reported together.
+    Every file's footer is read and checked first; all problems are reported together. A file
+    found by listing a folder or a glob that is not Parquet (a README, a `.csv`) is skipped with
+    a warning; a named file, or one called `*.parquet`, that cannot be read is an error.
     """
-    sources = resolve_sources(input)
-    problems, shards = [], []
+    sources, listed = resolve_sources(input, with_listing=True)
+    problems, shards, files, skipped = [], [], [], []
     for source in sources:
         try:
             pf = open_parquet(source)
+        except InputError as exc:
+            if listed and not source.split("?", 1)[0].lower().endswith(PARQUET_SUFFIXES):
+                log.warning("skipping %s: not a Parquet file", source)
+                skipped.append({"file": source, "reason": "not a Parquet file"})
+            else:
+                problems.append(str(exc))
+            continue
+        try:
             check_schema(source, pf.schema_arrow, word_column, lang_column)
         except InputError as exc:
             problems.append(str(exc))
             continue
-        shards.extend(_pack(source, pf.metadata, rows_per_shard))
+        files.append(source)
+        shards.extend(_cut(source, pf.metadata, rows_per_shard))
     if problems:
         head = "input file has a problem" if len(problems) == 1 else \
             f"{len(problems)} input files have problems"
         raise InputError(f"{head}; nothing was transcribed:\n  " + "\n  ".join(problems))
-    return Plan(shards=shards, files=sources)
+    if not files:
+        raise InputError(f"input {input!r} holds no Parquet files (skipped: "
+                         f"{', '.join(s['file'] for s in skipped[:5])}); fix the path or the glob")
+    return Plan(shards=shards, files=files, skipped=skipped)
 
 
-def resolve_sources(input: str) -> list[str]:
-    """A file, a directory (every non-hidden file under it), or a glob over file names."""
+def resolve_sources(input: str, with_listing: bool = False):
+    """A file, a directory (every non-hidden file under it), or a glob over file names. With
+    `with_listing`, also whether the files came from a listing (a directory or a glob)."""
     query = urlsplit(input).query if storage.is_uri(input) else ""
     location = input.split("?", 1)[0] if query else input
     try:
@@ -103,12 +127,13 @@ def resolve_sources(input: str) -> list[str]:
     if query:
         path = path.split("?", 1)[0]
     try:
+        listed = True
         if _GLOB.search(path):
             paths = _glob(fs, path)
         else:
             info = fs.get_file_info(path)
             if info.type == pafs.FileType.File:
-                paths = [path]
+                paths, listed = [path], False
             elif info.type == pafs.FileType.Directory:
                 paths = _list_dir(fs, path)
             else:
@@ -117,7 +142,8 @@ def resolve_sources(input: str) -> list[str]:
         raise InputError(f"cannot list input {input!r}: {exc}") from exc
     if not paths:
         raise InputError(f"input {input!r} matches no files; fix the path or the glob")
-    return [_source(location, fs, p, query) for p in sorted(paths)]
+    sources = [_source(location, fs, p, query) for p in sorted(paths)]
+    return (sources, listed) if with_listing else sources
 
 
 def open_parquet(source: str) -> pq.ParquetFile:
@@ -156,18 +182,30 @@ def _is_string(typ: pa.DataType) -> bool:
     return pa.types.is_string(typ) or pa.types.is_large_string(typ)
 
 
-def _pack(source: str, meta: pq.FileMetaData, rows_per_shard: int) -> list[Shard]:
-    """Greedy: add row groups until the next would pass rows_per_shard. Empty files give none."""
-    shards, start, rows, first_row = [], 0, 0, 0
+def _cut(source: str, meta: pq.FileMetaData, rows_per_shard: int) -> list[Shard]:
+    """Whole row groups while they fit `rows_per_shard`; a bigger row group (pandas and pyarrow
+    write a file as one by default) is cut into even pieces, so such a file still spreads over
+    actors and progress moves per piece. An empty file gets one empty shard (a schema-only
+    output file, so readers see its columns)."""
+    shards: list[Shard] = []
+    start, rows, first, pos = 0, 0, 0, 0      # the open run of row groups; pos: next row's index
     for rg in range(meta.num_row_groups):
         n = meta.row_group(rg).num_rows
         if rows and rows + n > rows_per_shard:
-            shards.append(Shard(source, start, rg, rows, first_row))
-            start, first_row, rows = rg, first_row + rows, 0
-        rows += n
+            shards.append(Shard(source, first, rows, start, rg))
+            rows = 0
+        if n > rows_per_shard:
+            pieces = -(-n // rows_per_shard)
+            size = -(-n // pieces)
+            shards.extend(Shard(source, pos + k, min(size, n - k), rg, rg + 1, k) for k in range(0, n, size))
+        elif n:
+            if not rows:
+                start, first = rg, pos
+            rows += n
+        pos += n
     if rows:
-        shards.append(Shard(source, start, meta.num_row_groups, rows, first_row))
-    return shards
+        shards.append(Shard(source, first, rows, start, meta.num_row_groups))
+    return shards or [Shard(source, 0, 0, 0, 0)]
 
 
 def _hidden(rel: str) -> bool:

@@ -1,11 +1,23 @@
-"""The reference: transformers `generate(num_beams=1, do_sample=False)` on the same padded
-batches. Imports torch lazily: only `verify`, tests and the benchmark use it."""
+"""The reference: the checkpoint in transformers, fed the way CharsiuG2P's own code feeds it.
+
+Inputs are built with transformers' `ByT5Tokenizer` from `<lang>:word` text, with
+`add_special_tokens=False` unless the checkpoint declares EOS-terminated inputs, and decoded with
+`generate(num_beams=1, do_sample=False)`: never with the project's own encoder, so a wrong
+convention on our side shows up as mismatches. Imports torch lazily: only `verify`, tests and
+the benchmark use it.
+"""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+
+def charsiu_text(lang: str, word: str, space_after_colon: bool = False) -> str:
+    """The model input as CharsiuG2P writes it (`'<' + lang + '>:' + word`; its README puts a
+    space after the colon)."""
+    return "<" + lang + ">:" + (" " if space_after_colon else "") + word
 
 
 class Reference:
@@ -17,11 +29,22 @@ class Reference:
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
+        self.tokenizer = transformers.ByT5Tokenizer()  # byte-level: nothing to download
         self.model = transformers.T5ForConditionalGeneration.from_pretrained(
             str(checkpoint_path), dtype=torch.float32).eval()
         # every call passes max_new_tokens; a checkpoint's own max_length (ours save 65) would make
         # generate() warn once per batch that it is ignored
         self.model.generation_config.max_length = transformers.GenerationConfig().max_length
+
+    def input_ids(self, texts: list[str], input_eos: bool = False) -> np.ndarray:
+        """[B, L] ids as CharsiuG2P makes them: `tokenizer(texts, padding=True,
+        add_special_tokens=False)`; `input_eos` for checkpoints trained with EOS on the input."""
+        enc = self.tokenizer(list(texts), padding=True, add_special_tokens=input_eos, return_tensors="np")
+        return enc["input_ids"].astype(np.int64)
+
+    def transcribe(self, texts: list[str], max_new_tokens: int, input_eos: bool = False) -> np.ndarray:
+        """Generated ids for `texts` (see `input_ids`), [B, max_new_tokens], PAD-filled."""
+        return self.generate(self.input_ids(texts, input_eos), max_new_tokens)
 
     def generate(self, input_ids: np.ndarray, max_new_tokens: int, min_new_tokens: int = 0) -> np.ndarray:
         """[B, T] generated ids (start token dropped), right-padded with PAD to max_new_tokens."""

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import CALL_COST_ROWS, Bucket, DecodeOutput, greedy_output
+from .decoding import CALL_COST_ROWS, LOOP_MIN_IDS, Bucket, DecodeOutput, greedy_output, repeating_rows
 from .shapes import NEG_INF, TOKEN_BLOCK
-from .tokenizer import EOS, PAD
+from .tokenizer import EOS, PAD, PromptFormat
 
 
 def set_threads(threads: int | None) -> None:
@@ -78,9 +78,11 @@ class TVMEngine:
         for bv in self._vms.values():
             bv.vm.set_instrument(fn)
 
-    def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True) -> DecodeOutput:
-        """Greedy decode of one compiled-shape batch. `max_steps` (<= max_output_len) and
-        `early_exit=False` exist for benchmarks that force every engine to run the same steps."""
+    def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True, *,
+               stop_loops: bool = True) -> DecodeOutput:
+        """Greedy decode of one compiled-shape batch. `stop_loops` ends a row whose output repeats
+        (`decoding.repeating_rows`). `max_steps` (<= max_output_len) and `early_exit=False` exist
+        for benchmarks that force every engine to run the same steps."""
         B, L = input_ids.shape
         bv = self._vms.get(Bucket(B, L))
         if bv is None:
@@ -99,6 +101,7 @@ class TVMEngine:
 
         filler = ids[:, 0] == PAD  # rows padding a partly used batch never hold the loop open
         done = filler.copy()
+        stop_at = np.full(B, T + 1)  # tokens a row keeps; T + 1: not stopped
         step_in = tvm.runtime.tensor(np.zeros(B, np.int32), dev)  # decoder_start_token_id = 0
         raw_ids, raw_logp = [], []
         step_full = bv.vm["step"]
@@ -111,10 +114,14 @@ class TVMEngine:
             raw_logp.append(out[1])
             if early_exit:
                 done |= raw_ids[-1] == EOS
+                if stop_loops and t + 1 > LOOP_MIN_IDS:
+                    looping = repeating_rows(np.stack(raw_ids, axis=1)) & ~done
+                    stop_at[looping] = t + 1
+                    done |= looping
                 if done.all():
                     break
         result = greedy_output(np.stack([a if early_exit else a.numpy() for a in raw_ids], axis=1),
-                               np.stack([a.numpy() for a in raw_logp], axis=1), filler, T)
+                               np.stack([a.numpy() for a in raw_logp], axis=1), filler, T, stop_at)
         self.stage_seconds["decode"] += time.perf_counter() - t1
         return result
 
@@ -193,7 +200,10 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
         specs[b] = (param_specs(shape, packed, b.input_len, T), per_len[b.input_len])
         caches[b] = cache_shapes(shape, b.batch, T, packed)
     engine = TVMEngine(compiled, params, specs, caches, T, device, windows)
-    engine.manifest = manifest
+    # what the set says about its checkpoint: how words become ids, and which codes it knows
+    engine.prompt = PromptFormat.from_dict(manifest.get("prompt", {}))
+    engine.languages = manifest.get("languages") or None
+    engine.trained_languages = manifest.get("trained_languages") or None
     return engine
 
 

@@ -22,27 +22,49 @@ class InputTooLong(ValueError):
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How a (lang, word) pair becomes model input. CharsiuG2P trained on `<lang>:word`."""
+    """How a (lang, word) pair becomes input ids: a property of the checkpoint, as it was trained.
+
+    The defaults are CharsiuG2P's: `<lang>:word`, and no EOS after the input (its training code
+    and README tokenize words with `add_special_tokens=False`; only targets end with EOS)."""
 
     space_after_colon: bool = False
+    input_eos: bool = False
 
     def format(self, lang: str, word: str) -> str:
         return f"<{lang}>: {word}" if self.space_after_colon else f"<{lang}>:{word}"
 
     def to_dict(self) -> dict:
-        return {"template": self.format("{lang}", "{word}"), "space_after_colon": self.space_after_colon}
+        return {"template": self.format("{lang}", "{word}"), "space_after_colon": self.space_after_colon,
+                "input_eos": self.input_eos}
+
+    def override(self, space_after_colon: bool | None = None, input_eos: bool | None = None) -> "PromptFormat":
+        """This format with the settings that are given (not None) replaced."""
+        return PromptFormat(self.space_after_colon if space_after_colon is None else space_after_colon,
+                            self.input_eos if input_eos is None else input_eos)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptFormat":
+        return cls(space_after_colon=bool(d.get("space_after_colon", False)),
+                   input_eos=bool(d.get("input_eos", False)))
+
+
+def byte_ids(text: str) -> list[int]:
+    """UTF-8 bytes as ids, nothing appended: `ByT5Tokenizer(text, add_special_tokens=False)`."""
+    return [b + OFFSET for b in text.encode("utf-8")]
 
 
 def encode_text(text: str) -> list[int]:
-    """Byte ids followed by EOS, as `ByT5Tokenizer(text).input_ids`."""
-    return [b + OFFSET for b in text.encode("utf-8")] + [EOS]
+    """Byte ids followed by EOS, as `ByT5Tokenizer(text).input_ids` (how targets are written)."""
+    return byte_ids(text) + [EOS]
 
 
 def encode(lang: str, word: str, fmt: PromptFormat = PromptFormat(), max_len: int | None = None) -> list[int]:
-    ids = encode_text(fmt.format(lang, word))
+    """The ids the model reads for one word, EOS only where the checkpoint was trained with it."""
+    ids = byte_ids(fmt.format(lang, word)) + ([EOS] if fmt.input_eos else [])
     if max_len is not None and len(ids) > max_len:
+        what = "prefix and EOS" if fmt.input_eos else "prefix"
         raise InputTooLong(
-            f"word {word!r} ({lang}) needs {len(ids)} input bytes incl. prefix and EOS, "
+            f"word {word!r} ({lang}) needs {len(ids)} input bytes incl. {what}, "
             f"over the compiled limit of {max_len}; recompile with a larger --max-input-bytes")
     return ids
 

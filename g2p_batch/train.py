@@ -4,8 +4,10 @@
 
 Data: every `DIR/<lang>.tsv` (or `<lang>.tsv.gz`) holds `word<TAB>pron` lines; a pron may list comma-separated
 variants and only the first (stripped) is trained on. Input text is `PromptFormat().format(lang,
-word)` (`<lang>:word`), target the first variant, both as ByT5 byte ids + EOS exactly as
-`tokenizer.encode_text` makes them (checked on a sample of every file).
+word)` (`<lang>:word`) as ByT5 byte ids without EOS, as CharsiuG2P trains (`--input-eos` adds
+one); the target is the first variant's byte ids + EOS (both checked against `tokenizer` on a
+sample of every file). The checkpoint's `g2p_batch.json` records that format and the languages
+trained on, so every later command feeds the model as it was trained.
 
 Speed: all pairs are tokenised once into padded int16 matrices that live on the training
 device; an epoch is a permutation cut into large random chunks, each chunk sorted by (input
@@ -53,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from .archs import resolve_arch
-from .checkpoint import SAVE_DTYPES, save_untied
-from .tokenizer import EOS, OFFSET, PAD, PromptFormat, decode, encode_text
+from .checkpoint import SAVE_DTYPES, save_untied, write_metadata
+from .tokenizer import EOS, OFFSET, PAD, PromptFormat, decode, encode, encode_text
 
 IGNORE = -100
 
@@ -86,8 +88,9 @@ class PairSet:
         return tot
 
 
-def _pack(items: list[bytes], width: int, col0: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """bytes rows -> [n, width] int16 of byte+OFFSET ids at columns col0.., EOS after; lengths."""
+def _pack(items: list[bytes], width: int, col0: int, n: int, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """bytes rows -> [n, width] int16 of byte+OFFSET ids at columns col0.., EOS after (with
+    `eos`); lengths."""
     lens = np.fromiter(map(len, items), dtype=np.int64, count=n)
     mat = np.zeros((n, width), dtype=np.int16)
     flat = np.frombuffer(b"".join(items), dtype=np.uint8)
@@ -96,8 +99,9 @@ def _pack(items: list[bytes], width: int, col0: int, n: int) -> tuple[np.ndarray
         starts = np.cumsum(lens) - lens
         cols = np.arange(flat.size) - np.repeat(starts, lens) + col0
         mat[rows, cols] = flat.astype(np.int16) + OFFSET
-    total = lens + col0 + 1
-    mat[np.arange(n), total - 1] = EOS
+    total = lens + col0 + int(eos)
+    if eos:
+        mat[np.arange(n), total - 1] = EOS
     return mat, total.astype(np.int16)
 
 
@@ -107,7 +111,7 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
     """Read and tokenise every `<lang>.tsv` (or `<lang>.tsv.gz`) in `data_dir`, by language code.
 
     `limit_per_lang` keeps the first N non-blank lines of each file (before filtering). Pairs
-    whose input ids (prefix + word + EOS) exceed `max_input_bytes` or whose target ids (first
+    whose input ids (prefix + word, + EOS with `fmt.input_eos`) exceed `max_input_bytes` or whose target ids (first
     variant + EOS) exceed `max_output_len` are dropped and counted; so are lines without a tab,
     an empty word or an empty first variant ("malformed")."""
     root = Path(data_dir)
@@ -141,7 +145,7 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
         if limit_per_lang is not None:
             lines = lines[:limit_per_lang]
         stats = dict(lines=len(lines), kept=0, dropped_input=0, dropped_output=0, malformed=0)
-        max_word = max_input_bytes - len(prefix) - 1
+        max_word = max_input_bytes - len(prefix) - int(fmt.input_eos)
         max_tgt = max_output_len - 1
         words, firsts, prons = [], [], []
         for ln in lines:
@@ -162,17 +166,17 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
         n = len(words)
         stats["kept"] = n
         per_lang[lang] = stats
-        s, sl = _pack(words, max_input_bytes, len(prefix), n)
+        s, sl = _pack(words, max_input_bytes, len(prefix), n, eos=fmt.input_eos)
         s[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8).astype(np.int16) + OFFSET
         t, tl = _pack(firsts, max_output_len, 0, n)
         for r in range(min(n, 3)):  # the vectorised path must equal the reference encoder
             try:
-                want_s = encode_text(fmt.format(lang, words[r].decode("utf-8")))
+                want_s = encode(lang, words[r].decode("utf-8"), fmt)
                 want_t = encode_text(firsts[r].decode("utf-8"))
             except UnicodeDecodeError:
                 continue
             if s[r, : sl[r]].tolist() != want_s or t[r, : tl[r]].tolist() != want_t:
-                raise AssertionError(f"{path}: row {r} tokenises differently from encode_text")
+                raise AssertionError(f"{path}: row {r} tokenises differently from tokenizer.encode")
         srcs.append(s), tgts.append(t), lens_s.append(sl), lens_t.append(tl)
         ids.append(np.full(n, li, dtype=np.int16))
         if keep_text:
@@ -396,7 +400,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
           grad_clip: float = 1.0, log_every: int = 200, dev_generate: int = 300,
           reserve_seconds: float = 15.0, bucket_chunk: int = 128, embed_init_std: float | None = None,
           init: str | None = None, dropout: float | None = None, position_init: float = 4.0,
-          lang_balance: float = 1.0, argv: list[str] | None = None) -> dict:
+          lang_balance: float = 1.0, input_eos: bool = False, argv: list[str] | None = None) -> dict:
     """Train, save to `out`, return the summary (also written to `out/training_summary.json`)."""
     t0 = time.time()
     deadline = t0 + max_minutes * 60.0
@@ -429,7 +433,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
     print(f"[train] device {device} ({device_name}), torch {torch.__version__}, transformers "
           f"{transformers.__version__}, amp {'bf16' if amp_dtype else 'off'}", flush=True)
 
-    fmt = PromptFormat()
+    fmt = PromptFormat(input_eos=input_eos)
     ds = load_pairs(data, max_input_bytes, max_output_len, limit_per_lang, fmt)
     counts = ds.dropped()
     if len(ds) == 0:
@@ -589,6 +593,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
     out_dir = Path(out)
     save_untied(model, out_dir, save_dtype)
     gc.save_pretrained(out_dir)
+    write_metadata(out_dir, fmt, ds.langs)
     summary = {
         "steps": step, "planned_steps": total, "steps_per_epoch": spe, "epochs_planned": epochs,
         "epochs_done": step / max(spe, 1), "epochs_completed": epoch,
@@ -614,7 +619,7 @@ def train(data: str, out: str, arch: str = "tiny_3_1", epochs: int = 4, batch_si
                         grad_clip=grad_clip, log_every=log_every, dev_generate=dev_generate,
                         reserve_seconds=reserve_seconds, bucket_chunk=bucket_chunk,
                         embed_init_std=emb_std, position_init=position_init, init=init,
-                        dropout=dropout, lang_balance=lang_balance,
+                        dropout=dropout, lang_balance=lang_balance, input_eos=input_eos,
                         optimizer="AdamW(betas=(0.9, 0.98), eps=1e-8)"),
         "argv": list(argv) if argv is not None else list(getattr(sys, "orig_argv", sys.argv)),
         "data_files": ds.files,
@@ -669,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast (default: on CUDA only; pass it on a CPU with AMX or AVX512-BF16)")
     p.add_argument("--limit-per-lang", type=int, default=None, help="first N lines of each file")
     p.add_argument("--dev", default=None, help="directory of <lang>.tsv dev files, evaluated at the end")
-    p.add_argument("--max-input-bytes", type=int, default=64, help="max input ids incl. <lang>: prefix and EOS")
+    p.add_argument("--max-input-bytes", type=int, default=64, help="max input ids incl. <lang>: prefix (and EOS)")
+    p.add_argument("--input-eos", action=argparse.BooleanOptionalAction, default=False,
+                   help="end inputs with EOS (CharsiuG2P does not; the embedded default was trained with it)")
     p.add_argument("--max-output-len", type=int, default=64, help="max target ids incl. EOS")
     p.add_argument("--save-dtype", default="float16", choices=SAVE_DTYPES)
     p.add_argument("--time-aware-schedule", action=argparse.BooleanOptionalAction, default=False,

@@ -15,7 +15,7 @@ import numpy as np
 from . import metrics
 from .decoding import Bucket, Engine, fit_input_len
 from .lexicon import Entry
-from .tokenizer import InputTooLong, PromptFormat, decode, encode, pad_batch
+from .tokenizer import EOS, InputTooLong, PromptFormat, decode, encode, pad_batch
 
 
 def plan_batches(rows: list[list[int]], batch: int, buckets: list[Bucket]):
@@ -36,6 +36,8 @@ class VerifyReport:
     skipped: list[str] = field(default_factory=list)   # too long for the compiled inputs
     mismatches: list[int] = field(default_factory=list)
     truncated: int = 0
+    looped: list[int] = field(default_factory=list)     # stopped as loops (matching: a prefix of the reference)
+    loops_ended_later: list[int] = field(default_factory=list)  # ... where the reference found EOS after all
     tvm_seconds: float = 0.0
     ref_seconds: float = 0.0
     tvm_text: list[str] = field(default_factory=list)
@@ -44,8 +46,15 @@ class VerifyReport:
 
 
 def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = PromptFormat(),
-        reference=None, min_new_tokens: int = 0, progress: bool = False) -> VerifyReport:
+        reference=None, progress: bool = False, stop_loops: bool = True) -> VerifyReport:
+    """TVM on our ids, the reference on CharsiuG2P's (`reference.Reference`), row by row.
+
+    A row the engine stopped as a loop (`stop_loops`) matches when its tokens are the start of
+    the reference's; it is listed in `looped`, and in `loops_ended_later` when the reference
+    went on to end with EOS (the one way the loop stop changes a result)."""
     from tqdm import tqdm
+
+    from .reference import charsiu_text
 
     rep = VerifyReport()
     max_len = max(b.input_len for b in engine.buckets)
@@ -62,19 +71,28 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
     T = engine.max_output_len
     for idx, ids in tqdm(list(plan_batches(rows, batch, engine.buckets)), desc="verify", disable=not progress):
         t0 = time.perf_counter()
-        out = engine.decode(ids)
+        out = engine.decode(ids, stop_loops=stop_loops)
         rep.tvm_seconds += time.perf_counter() - t0
         rep.truncated += int(out.truncated[: len(idx)].sum())
+        looped = out.looped if out.looped is not None else np.zeros(len(idx), bool)
         for r, i in enumerate(idx):
             rep.tvm_text[i] = decode(out.tokens[r])
+        rep.looped += [i for r, i in enumerate(idx) if looped[r]]
         if reference is None:
             continue
         t0 = time.perf_counter()
-        ref = reference.generate(ids, T, min_new_tokens)
+        texts = [charsiu_text(kept[i].lang, kept[i].word, fmt.space_after_colon) for i in idx]
+        ref = reference.transcribe(texts, T, fmt.input_eos)
         rep.ref_seconds += time.perf_counter() - t0
         for r, i in enumerate(idx):
             rep.ref_text[i] = decode(ref[r])
-            if not np.array_equal(out.tokens[r], ref[r]):
+            if looped[r]:
+                n = int(out.lengths[r])
+                if not np.array_equal(out.tokens[r, :n], ref[r, :n]):
+                    rep.mismatches.append(i)
+                elif (ref[r] == EOS).any():
+                    rep.loops_ended_later.append(i)
+            elif not np.array_equal(out.tokens[r], ref[r]):
                 rep.mismatches.append(i)
     by_lang = defaultdict(list)
     for i, e in enumerate(kept):

@@ -73,6 +73,12 @@ class Manifest:
     fingerprint: str                        # hash of the settings that change the output
     info: dict = field(default_factory=dict)  # checkpoint, artifact hashes, settings
     shards: dict[str, dict] = field(default_factory=dict)
+    # overwrite: an earlier run's shard files. They and its manifest stay, as the output, until
+    # this run commits its first shard: a run that fails to start loses nothing. Those this
+    # run's plan does not name go then; those it names are overwritten as their shards commit
+    # (`drop_stale` removes the rest once no actor can still be writing them).
+    replaces: list[str] | None = None
+    stale: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, output: str) -> "Manifest | None":
@@ -96,26 +102,47 @@ class Manifest:
         fs, base = storage.resolve(self.output)
         return storage.file_sha256(fs, storage.join(base, entry["file"])) == entry["sha256"]
 
-    def commit(self, shard, rows_out: int, sha256: str, actor: str) -> None:
+    def commit(self, shard, rows_out: int, sha256: str, actor: str, statuses: dict[str, int]) -> None:
         self.shards[shard.id] = {
-            "file": shard.name, "source": shard.source,
-            "row_groups": [shard.rg_start, shard.rg_stop - 1],
+            "file": shard.name, "source": shard.source, "first_row": shard.first_row,
             "rows_in": shard.num_rows, "rows_out": rows_out, "sha256": sha256,
-            "actor": actor, "committed_at": time.time(),
+            "statuses": dict(statuses), "actor": actor, "committed_at": time.time(),
         }
+        if self.replaces is not None:
+            self._remove_replaced()
         self.save()
 
+    def totals(self) -> dict[str, int]:
+        """Rows by status over every committed shard, this run's and earlier runs'."""
+        out: dict[str, int] = {}
+        for entry in self.shards.values():
+            for status, n in entry.get("statuses", {}).items():
+                out[status] = out.get(status, 0) + n
+        return dict(sorted(out.items()))
+
     def save(self) -> None:
+        if self.replaces is not None:    # the earlier run's manifest is still the commit point
+            return
         write_json(self.output, MANIFEST, {
-            "version": 1, "fingerprint": self.fingerprint, "info": self.info,
+            "version": 2, "fingerprint": self.fingerprint, "info": self.info,
             "shards": self.shards})
 
-    def remove_outputs(self) -> None:
-        """Delete every shard file this manifest lists (for overwrite), then forget them."""
+    def _remove_replaced(self) -> None:
+        """The earlier run's files that this run's plan does not name, and its report."""
+        self._delete([n for n in self.replaces if n not in self.stale] + [REPORT])
+        self.replaces = None
+
+    def drop_stale(self) -> None:
+        """After the run: the earlier run's files under names whose new shard did not commit."""
+        if self.replaces is None:
+            committed = {e["file"] for e in self.shards.values()}
+            self._delete(sorted(self.stale - committed))
+            self.stale = set()
+
+    def _delete(self, names) -> None:
         fs, base = storage.resolve(self.output)
-        for entry in self.shards.values():
+        for name in names:
             try:
-                fs.delete_file(storage.join(base, entry["file"]))
+                fs.delete_file(storage.join(base, name))
             except FileNotFoundError:
                 pass
-        self.shards = {}

@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+if "G2P_BATCH_CACHE" not in os.environ:  # compiled sets land here unless a test names a folder
+    import tempfile
+    os.environ["G2P_BATCH_CACHE"] = tempfile.mkdtemp(prefix="g2p-batch-test-cache-")
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 from pathlib import Path  # noqa: E402
@@ -46,6 +49,38 @@ def parity_entries():
         out += rows[:20]
     assert len(out) == 500
     return out
+
+
+# one language per script, for a checkpoint trained in the test session
+TRAINED_LANGS = ["eng-us", "pol", "vie-n", "ukr", "fas", "hin", "tha", "kor", "zho-s", "geo", "gre", "amh",
+                 "tam", "khm"]
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A micro checkpoint trained for about 300 steps the CharsiuG2P way (`<lang>:word`, no EOS
+    on the input) on 200 words of each of TRAINED_LANGS: it has learned to end its outputs, so
+    rows end at varied steps, and it still loops often, as real models sometimes do."""
+    import shutil
+
+    import torch
+
+    from g2p_batch.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "train").mkdir()
+    for lang in TRAINED_LANGS:
+        lines = (DATA / "data" / "train" / f"{lang}.tsv").read_text(encoding="utf-8").splitlines()[:200]
+        (root / "train" / f"{lang}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    threads = torch.get_num_threads()
+    try:
+        summary = train(data=str(root / "train"), out=str(root / "ckpt"), arch="micro", epochs=4, batch_size=32,
+                        lr=3e-3, warmup_steps=30, seed=0, device="cpu", log_every=1000, dev_generate=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["steps"] >= 300 and summary["final_loss"] < 2.5, summary["loss_history"]
+    shutil.rmtree(root / "train")
+    return root / "ckpt"
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ actor builds the engine with `load_fake_engine` (a loader) from the resolved byt
 Failure switches, for the fault tests (each takes a word; the marker file makes it one-shot):
 - `die_on_word`: the worker process exits hard (`os._exit(1)`) on a batch holding that word;
 - `raise_on_word`: decode raises RuntimeError, like a runtime/device fault.
+And for ordering actors by state rather than by time: `signal` (a file each decode touches)
+and `wait_for` (a file decode waits for, up to 60 s).
 """
 
 from __future__ import annotations
@@ -34,20 +36,27 @@ def fake_phonemes(word: str) -> str:
 class FakeEngine:
     def __init__(self, buckets: list[Bucket], max_output_len: int, *, die_on_word: str | None = None,
                  raise_on_word: str | None = None, marker: str | None = None,
-                 delay_s: float = 0.0, encode_s: float = 0.0):
+                 delay_s: float = 0.0, encode_s: float = 0.0, signal: str | None = None,
+                 wait_for: str | None = None):
         self.buckets = sorted(buckets)
         self.max_output_len = max_output_len
         self.call_cost_rows = CALL_COST_ROWS["cpu"]
         self.die_on_word, self.raise_on_word, self.marker = die_on_word, raise_on_word, marker
         self.delay_s, self.encode_s = delay_s, encode_s
+        self.signal, self.wait_for = signal, wait_for
         self.stage_seconds = {"encode": 0.0}
         self.calls: list[tuple[int, int]] = []
 
-    def decode(self, input_ids: np.ndarray) -> DecodeOutput:
+    def decode(self, input_ids: np.ndarray, *, stop_loops: bool = True) -> DecodeOutput:
         B, L = input_ids.shape
         if Bucket(B, L) not in self.buckets:
             raise ValueError(f"shape {(B, L)} is not a compiled bucket")
         self.calls.append((B, L))
+        if self.signal:
+            Path(self.signal).touch()
+        deadline = time.monotonic() + 60
+        while self.wait_for and not Path(self.wait_for).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.stage_seconds["encode"] += self.encode_s
         if self.delay_s:
             time.sleep(self.delay_s)

@@ -112,6 +112,14 @@ def test_non_cross_product_buckets_use_sizes_of_their_length():
     ("eng-uk", "hello", "did you mean eng-us"),
     (None, "bonjour", "language code is null"),
     ("fra", "a" * 80, "add a larger size to input_buckets"),
+    ("fra", "bon\x00jour", "control character U+0000"),
+    ("fra", "bon\x07", "control character U+0007"),
+    ("fra", "\x1b[31mred", "control character U+001B"),
+    ("fra", "two\nlines", "control character U+000A"),
+    ("fra", "abc\u202edef", "bidirectional control U+202E"),
+    ("fra", "\u2066word", "bidirectional control U+2066"),
+    ("fra", "😀🎉", "has no letters"),
+    ("fra", "?!", "has no letters"),
 ])
 def test_bad_rows_are_errors_naming_row_value_and_fix(lang, word, needle):
     plan = plan_batches(["fra", lang], ["ok", word], BUCKETS, known_langs=LANGS, first_row=100,
@@ -121,12 +129,55 @@ def test_bad_rows_are_errors_naming_row_value_and_fix(lang, word, needle):
     assert msg.startswith("row 101: ") and needle in msg
 
 
-def test_too_long_counts_prefix_and_eos():
-    fmt = PromptFormat()
-    word = "a" * (64 - len(encode("fra", "", fmt)))    # exactly 64 ids
+@pytest.mark.parametrize("word", ["\u0915\u094d\u200d\u0937", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "ok\u200d", "7"])
+def test_words_with_joiners_or_digits_stay_words(word):
+    """ZWJ and ZWNJ spell words in Indic and Perso-Arabic scripts; they are not junk."""
+    assert validate_row(0, "fra", word, LANGS, PromptFormat(), 64)
+
+
+@pytest.mark.parametrize("fmt", [PromptFormat(), PromptFormat(input_eos=True)])
+def test_too_long_counts_what_is_really_fed(fmt):
+    word = "a" * (64 - len(encode("fra", "", fmt)))    # exactly 64 ids, EOS counted only if fed
     assert len(validate_row(0, "fra", word, LANGS, fmt, 64)) == 64
+    assert len(word) == 64 - len("<fra>:") - fmt.input_eos
     with pytest.raises(RowError, match="65 input bytes"):
         validate_row(0, "fra", word + "a", LANGS, fmt, 64)
+
+
+def test_repeating_rows_finds_loops_not_words():
+    import numpy as np
+
+    from g2p_batch.decoding import LOOP_MIN_IDS, repeating_rows
+    from g2p_batch.tokenizer import byte_ids
+
+    def ids(text):
+        return byte_ids(text)
+    rows = {
+        "one byte": ids("a" * 40),
+        "two-byte letter": ids("ɾ" * 20),
+        "syllable": ids("ˈɾɾɾ" * 8),
+        "word": ids("ˈæntɪdɪsˌɛstæblɪʃmənˈtɛɹiənɪzəm"),
+        "reduplication": ids("humuhumunukunukuʔapuʔa"),
+        "five copies": ids("xa˥" * 5),
+        "short run": ids("x" * LOOP_MIN_IDS),
+    }
+    n = max(map(len, rows.values()))
+    hist = np.array([[5] * (n - len(r)) + r for r in rows.values()])  # right-aligned: the tails matter
+    got = dict(zip(rows, repeating_rows(hist).tolist()))
+    assert got == {"one byte": True, "two-byte letter": True, "syllable": True, "word": False,
+                   "reduplication": False, "five copies": False, "short run": False}
+
+
+def test_greedy_output_keeps_a_stopped_rows_tokens_and_marks_it():
+    import numpy as np
+
+    from g2p_batch.decoding import greedy_output
+    from g2p_batch.tokenizer import EOS, PAD
+
+    raw = np.array([[10, 11, 12, 13], [10, EOS, 12, 13], [10, 11, 12, 13]], np.int32)
+    out = greedy_output(raw, np.zeros((3, 4), np.float32), np.zeros(3, bool), 6, np.array([2, 2, 5]))
+    assert out.tokens[0].tolist() == [10, 11, PAD, PAD, PAD, PAD] and out.lengths.tolist() == [2, 2, 4]
+    assert out.looped.tolist() == [True, False, False] and out.truncated.tolist() == [True, False, True]
 
 
 def test_known_langs_none_accepts_any_code():

@@ -33,7 +33,7 @@ def test_make_compile_transcribe_verify(tmp_path, data_dir):
     assert manifest["target"]["mcpu"] and manifest["target"]["mtriple"]
 
     code, out = _invoke("transcribe", *common, "--batch-sizes", "1,8", "--lang", "eng-us", "cat", "x" * 40)
-    assert code == 0, out
+    assert code == 1, out  # a row error (the long word) makes the exit status 1; the others still print
     cat = next(line for line in out.splitlines() if "cat\t" in line)
     assert cat.split("cat\t", 1)[1].strip()  # some transcription (random weights: any bytes)
     long = next(line for line in out.splitlines() if "x" * 40 in line)
@@ -44,6 +44,23 @@ def test_make_compile_transcribe_verify(tmp_path, data_dir):
     code, out = _invoke("verify", *common, "--data", tsv, "--batch-size", "8")
     assert code == 0, out
     assert "mismatching rows: 0" in out and "PER" in out
+
+
+def test_transcribe_refuses_unknown_languages_as_run_does_and_uses_the_user_cache(tmp_path, monkeypatch):
+    """`--lang cmn` (not a CharsiuG2P code) printed IPA with exit 0 while `run` marked such rows
+    as errors; and artifacts landed in ./artifacts of whatever folder the command ran in."""
+    ck = tmp_path / "ck"
+    _invoke("make-checkpoint", "--arch", "micro", ck)
+    monkeypatch.setenv("G2P_BATCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    common = ["--checkpoint", ck, "--batch-sizes", "1", "--max-input-bytes", "16", "--max-output-len", "4"]
+    for lang in ("cmn", "xx-nope"):
+        code, out = _invoke("transcribe", *common, "--lang", lang, "hello")
+        assert code == 1 and f"language {lang!r} is not one the model knows" in out, out
+    code, out = _invoke("transcribe", *common, "--lang", "zho-s", "你好")
+    assert code == 0, out
+    assert not (tmp_path / "artifacts").exists()
+    assert list((tmp_path / "cache" / "artifacts" / "ck").glob("llvm/manifest.json"))
 
 
 def test_artifact_mismatch_is_a_clean_error(tmp_path):

@@ -4,8 +4,6 @@ Target "mixed" puts a CPU actor on the first node and a GPU actor on the second;
 shards from one queue, and the artifact bytes reach the second node through the object store.
 """
 
-import functools
-
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -29,10 +27,15 @@ def two_nodes():
 @pytest.mark.slow
 def test_mixed_job_on_two_nodes(two_nodes, tmp_path):
     expected = job_inputs(tmp_path)
-    # CPU actors start once the GPU actor is up (see the test below), so decoding is slowed
-    # enough that the GPU actor cannot take every shard while the CPU actor starts
-    report = run_job(job_config(tmp_path, target="mixed", rows_per_shard=10),
-                     engine_factory=functools.partial(prepare_fake_engine, delay_s=0.15))
+    # CPU actors start once the GPU actor is up (see the test below): the GPU actor's first
+    # decode waits until a CPU actor has decoded, so both take shards however loaded the machine
+    marker = str(tmp_path / "cpu-decoded")
+
+    def factory(config, target):
+        role = {"wait_for": marker} if target == "cuda" else {"signal": marker}
+        return prepare_fake_engine(config, target, **role)
+
+    report = run_job(job_config(tmp_path, target="mixed", rows_per_shard=10), engine_factory=factory)
     assert report.ok and report.shards_committed == report.shards_planned == 11
     targets = {a["target"] for a in report.actors.values()}
     nodes = {a["node"] for a in report.actors.values()}

@@ -186,3 +186,155 @@ def test_resume_after_driver_killed(local_ray, tmp_path):
     assert {f: (out / f).stat().st_mtime_ns for f in before} == before   # not rewritten
     check_output(expected, out)
     assert not list(out.glob(".*.tmp-*"))
+
+
+def _read_back(out: Path) -> dict[str, int]:
+    """The output folder as users read it: every reader must see every row, once."""
+    import duckdb
+    import polars as pl
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    glob = str(out / "*.parquet")
+    return {"pyarrow.dataset": ds.dataset(out, format="parquet").count_rows(),
+            "pyarrow.parquet.read_table": pq.read_table(out).num_rows,
+            "duckdb": duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()[0][0],
+            "polars": pl.scan_parquet(glob).select(pl.len()).collect().item()}
+
+
+def test_every_reader_sees_every_row_whatever_the_input_names(local_ray, tmp_path):
+    """Output names once began with '_' for inputs such as 词典.parquet, and pyarrow skipped them."""
+    import pyarrow as pa
+
+    from tests.lexicons import lexicon, write
+    names = ["词典", "(draft) words", "my words", "-dash", "ünïcode"]
+    tables = [lexicon(17 + i, seed=i, start_id=100 * i) for i in range(len(names))]
+    for name, table in zip(names, tables):
+        write(table, tmp_path / "in" / f"{name}.parquet", row_group_size=10)
+    run_job(job_config(tmp_path))
+    expected = pa.concat_tables(tables)
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith((".", "_"))
+                and p.name not in (MANIFEST, REPORT)]
+    assert any(p.name.startswith("词典-") for p in (tmp_path / "out").iterdir())
+    assert _read_back(tmp_path / "out") == dict.fromkeys(_read_back(tmp_path / "out"), expected.num_rows)
+    check_output(expected, tmp_path / "out")
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_overwrite_touches_nothing_until_the_new_run_can_commit(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    run_job(job_config(tmp_path))
+    before = _snapshot(tmp_path / "out")
+
+    def broken(config, target):
+        raise ValueError("artifacts in x were compiled for max_output_len 64; remove x to rebuild")
+
+    failures = [  # each start-up failure, with overwrite: the earlier results must survive it
+        (InputError, lambda: run_job(job_config(tmp_path, overwrite=True, lang_column="language"))),
+        (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True), engine_factory=broken)),
+        (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, num_cpu_actors=5))),
+        (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, lang_column=None, lang="zz"))),
+        (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, input=str(tmp_path / "out" / "*.parquet"),
+                                                 output=str(tmp_path / "out")))),
+    ]
+    for kind, start in failures:
+        with pytest.raises(kind):
+            start()
+        assert _snapshot(tmp_path / "out") == before
+        check_output(expected, tmp_path / "out")
+    # a job whose every shard fails also leaves the earlier output as it was
+    with pytest.raises(JobFailed):
+        run_job(job_config(tmp_path, overwrite=True, max_retries=0),
+                engine_factory=functools.partial(prepare_fake_engine, fail_load=True))
+    assert _snapshot(tmp_path / "out") == before
+
+    # a run that works replaces everything, even under other shard names
+    report = run_job(job_config(tmp_path, overwrite=True, rows_per_shard=30))
+    assert report.shards_committed == report.shards_planned == 4
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == 4
+    check_output(expected, tmp_path / "out")
+
+
+def test_report_totals_cover_every_committed_shard_after_a_resume(local_ray, tmp_path):
+    expected = job_inputs(tmp_path)
+    victim = expected.column("word")[3].as_py()
+    with pytest.raises(JobFailed):
+        run_job(job_config(tmp_path, max_retries=0), engine_factory=functools.partial(
+            prepare_fake_engine, raise_on_word=victim))
+    report = run_job(job_config(tmp_path))
+    assert report.shards_committed == 1 and report.shards_skipped == 5
+    assert report.rows == {"ok": 95, "error": 5, "truncated": 1}
+    assert sum(report.run_rows.values()) == 20
+    saved = json.loads((tmp_path / "out" / REPORT).read_text())
+    assert saved["rows"] == report.rows and saved["run_rows"] == report.run_rows
+    assert run_job(job_config(tmp_path)).rows == report.rows   # a full resume keeps them too
+
+
+@pytest.mark.parametrize("where", ["glob", "file"])
+def test_an_input_inside_the_output_folder_is_refused(tmp_path, where):
+    job_inputs(tmp_path)
+    source = str(tmp_path / "in" / ("*.parquet" if where == "glob" else "a.parquet"))
+    with pytest.raises(ConfigError, match="lies inside the output folder"):
+        run_job(job_config(tmp_path, input=source, output=str(tmp_path / "in")))
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.parquet", "b.parquet"]
+
+
+def test_an_empty_input_writes_its_columns_and_other_files_are_listed(local_ray, tmp_path):
+    import pyarrow.dataset as ds
+
+    from tests.lexicons import lexicon, write
+    write(lexicon(0), tmp_path / "in" / "empty.parquet", row_group_size=10)
+    (tmp_path / "in" / "README.md").write_text("# where these words come from\n")
+    report = run_job(job_config(tmp_path))
+    assert report.shards_committed == 1 and report.rows == {}
+    assert [f["file"].rsplit("/", 1)[1] for f in report.skipped_files] == ["README.md"]
+    assert "skipped" in report.summary() and "README.md" in report.summary()
+    dataset = ds.dataset(tmp_path / "out", format="parquet")
+    assert dataset.count_rows() == 0
+    assert {"word", "lang", "phonemes", "status", "error", "score"} <= set(dataset.schema.names)
+    assert json.loads((tmp_path / "out" / REPORT).read_text())["skipped_files"]
+
+
+def test_a_file_with_one_row_group_spreads_over_shards(local_ray, tmp_path):
+    from tests.lexicons import lexicon, write
+    table = lexicon(95, seed=4)
+    write(table, tmp_path / "in" / "one.parquet", row_group_size=10_000)
+    report = run_job(job_config(tmp_path, rows_per_shard=20))
+    assert report.shards_committed == 5 and len(list((tmp_path / "out").glob("*.parquet"))) == 5
+    check_output(table, tmp_path / "out")
+
+
+def test_a_damaged_file_fails_its_shard_once_without_retries(local_ray, tmp_path):
+    """A page that cannot be decoded fails the same way on any actor: reported, not retried."""
+    import pyarrow.parquet as pq
+
+    from tests.lexicons import lexicon, write
+    path = write(lexicon(40, seed=6), tmp_path / "in" / "w.parquet", row_group_size=20)
+    data = bytearray(path.read_bytes())
+    page = pq.ParquetFile(path).metadata.row_group(1).column(1).data_page_offset
+    data[page:page + 40] = bytes(b ^ 0x5A for b in data[page:page + 40])
+    path.write_bytes(bytes(data))
+    with pytest.raises(JobFailed) as info:
+        run_job(job_config(tmp_path, max_retries=3))
+    report = info.value.report
+    assert report.shards_committed == 1 and report.failed_attempts == 1
+    (failed,) = report.failed
+    assert failed["attempts"] == 1 and "damaged" in failed["error"] and "not retried" in failed["error"]
+    assert "rows 20..39" in failed["error"] and str(path) in failed["error"]
+
+
+def test_junk_words_are_errors_not_invented_ipa(local_ray, tmp_path):
+    import pyarrow as pa
+
+    from tests.lexicons import write
+    words = ["bon\x00jour", "\x07", "\x1b[0m", "a\nb", "abc\u202edef", "😀", "ok", "क\u200dष"]
+    write(pa.table({"id": list(range(len(words))), "word": words, "lang": ["fra"] * len(words)}),
+          tmp_path / "in" / "j.parquet", row_group_size=10)
+    run_job(job_config(tmp_path))
+    import pyarrow.parquet as pq
+    out = pq.read_table(tmp_path / "out").sort_by("id")
+    assert out.column("status").to_pylist() == ["error"] * 6 + ["ok", "ok"]
+    assert all(e.startswith(f"row {i}:") for i, e in enumerate(out.column("error").to_pylist()[:6]))

@@ -9,16 +9,22 @@ from tests.lexicons import lexicon, write
 def test_row_groups_pack_into_shards_of_about_rows_per_shard(tmp_path):
     path = write(lexicon(95), tmp_path / "words.parquet", row_group_size=10)   # 9x10 + 5
     plan = plan_shards(str(path), "word", "lang", rows_per_shard=30)
-    assert [(s.rg_start, s.rg_stop, s.num_rows) for s in plan.shards] == [
-        (0, 3, 30), (3, 6, 30), (6, 9, 30), (9, 10, 5)]
+    assert [(s.rg_start, s.rg_stop, s.num_rows, s.skip) for s in plan.shards] == [
+        (0, 3, 30, 0), (3, 6, 30, 0), (6, 9, 30, 0), (9, 10, 5, 0)]
     assert [s.first_row for s in plan.shards] == [0, 30, 60, 90]
     assert plan.total_rows == 95
 
 
-def test_big_row_group_is_a_shard_of_its_own(tmp_path):
+def test_a_big_row_group_is_cut_into_row_ranges(tmp_path):
+    """pandas and pyarrow write a file as one row group by default: it must still spread."""
     path = write(lexicon(50), tmp_path / "w.parquet", row_group_size=40)
-    plan = plan_shards(str(path), "word", None, rows_per_shard=10)
-    assert [s.num_rows for s in plan.shards] == [40, 10]
+    plan = plan_shards(str(path), "word", None, rows_per_shard=15)
+    assert [(s.first_row, s.num_rows, s.rg_start, s.skip) for s in plan.shards] == [
+        (0, 14, 0, 0), (14, 14, 0, 14), (28, 12, 0, 28), (40, 10, 1, 0)]
+    one = write(lexicon(1000), tmp_path / "one.parquet", row_group_size=10**6)
+    plan = plan_shards(str(one), "word", None, rows_per_shard=300)
+    assert [s.num_rows for s in plan.shards] == [250] * 4
+    assert len({s.name for s in plan.shards}) == 4
 
 
 def test_shard_names_are_deterministic_and_distinct_per_path(tmp_path):
@@ -28,9 +34,19 @@ def test_shard_names_are_deterministic_and_distinct_per_path(tmp_path):
     names = [s.name for s in plan.shards]
     assert len(set(names)) == 4
     assert names == [s.name for s in plan_shards(str(tmp_path), "word", "lang", 10).shards]
-    first = Shard(str(a), 0, 4, 40, 0)
-    assert first.name.startswith("words-") and first.name.endswith("-rg00000-00003.parquet")
-    assert Shard(str(a), 0, 1, 1, 0).id != Shard(str(b), 0, 1, 1, 0).id
+    first = Shard(str(a), 0, 40, 0, 4)
+    assert first.name.startswith("words-") and first.name.endswith("-r000000000-000000039.parquet")
+    assert Shard(str(a), 0, 1, 0, 1).id != Shard(str(b), 0, 1, 0, 1).id
+
+
+@pytest.mark.parametrize("stem", ["词典", "(draft) words", "_hidden", ".dot", "__", "a b", "ünï", "-x"])
+def test_shard_names_never_start_with_underscore_or_dot(stem):
+    """pyarrow.dataset, Spark and Hive skip such files: a job's rows would silently vanish."""
+    name = Shard(f"/data/{stem}.parquet", 0, 5, 0, 1).name
+    assert not name.startswith(("_", ".")), name
+    assert "/" not in name and name.endswith(".parquet")
+    if stem == "词典":
+        assert name.startswith("词典-")
 
 
 def test_directory_glob_and_uri_inputs(tmp_path):
@@ -82,6 +98,25 @@ def test_string_variants_accepted_and_output_column_clash_refused(tmp_path):
         plan_shards(str(clash), "word", "lang", 10)
 
 
-def test_empty_file_gives_no_shards(tmp_path):
+def test_empty_file_gives_one_empty_shard(tmp_path):
     path = write(lexicon(0), tmp_path / "empty.parquet", 5)
-    assert plan_shards(str(path), "word", "lang", 10).shards == []
+    (shard,) = plan_shards(str(path), "word", "lang", 10).shards
+    assert shard.num_rows == 0 and shard.name.endswith("-empty.parquet")
+
+
+def test_non_parquet_files_in_a_folder_are_skipped_and_listed(tmp_path):
+    write(lexicon(5), tmp_path / "d" / "x.parquet", 5)
+    (tmp_path / "d" / "README.md").write_text("# my lexicon\n")
+    (tmp_path / "d" / "notes.txt").write_text("hello")
+    plan = plan_shards(str(tmp_path / "d"), "word", "lang", 10)
+    assert plan.files == [str(tmp_path / "d" / "x.parquet")] and plan.total_rows == 5
+    assert sorted(f["file"].rsplit("/", 1)[1] for f in plan.skipped) == ["README.md", "notes.txt"]
+    (tmp_path / "d" / "broken.parquet").write_bytes(b"PAR1 not really")  # named Parquet: an error
+    with pytest.raises(InputError, match="broken.parquet: cannot read it as Parquet"):
+        plan_shards(str(tmp_path / "d"), "word", "lang", 10)
+    with pytest.raises(InputError, match="cannot read it as Parquet"):  # named explicitly: an error
+        plan_shards(str(tmp_path / "d" / "README.md"), "word", "lang", 10)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "README.md").write_text("x")
+    with pytest.raises(InputError, match="holds no Parquet files"):
+        plan_shards(str(tmp_path / "e"), "word", "lang", 10)

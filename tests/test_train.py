@@ -49,7 +49,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_load_pairs_encodes_like_encode_text_and_counts_drops(tmp_path):
+def test_load_pairs_tokenizes_as_charsiug2p_and_counts_drops(tmp_path):
     _write(tmp_path / "xx.tsv", [
         "abc\tæ b , x",            # variants: train on the first, stripped
         "word\tw ɜː d",
@@ -64,17 +64,23 @@ def test_load_pairs_encodes_like_encode_text_and_counts_drops(tmp_path):
     assert ds.langs == ["xx", "yy"] and ds.files == 2 and len(ds) == 3
     assert ds.per_lang["xx"] == dict(lines=6, kept=2, dropped_input=1, dropped_output=1, malformed=2)
     assert ds.dropped()["dropped_total"] == 4
-    fmt = PromptFormat()
-    want = [(fmt.format("xx", "abc"), "æ b"), (fmt.format("xx", "word"), "w ɜː d"), (fmt.format("yy", "ça"), "sa")]
+    # CharsiuG2P's own tokenization: words without special tokens, targets with EOS
+    from transformers import ByT5Tokenizer
+    tok = ByT5Tokenizer()
+    want = [("<xx>:abc", "æ b"), ("<xx>:word", "w ɜː d"), ("<yy>:ça", "sa")]
     for r, (src, tgt) in enumerate(want):
-        assert ds.src[r, : ds.src_len[r]].tolist() == encode_text(src)
-        assert ds.tgt[r, : ds.tgt_len[r]].tolist() == encode_text(tgt)
+        assert ds.src[r, : ds.src_len[r]].tolist() == tok(src, add_special_tokens=False).input_ids
+        assert ds.tgt[r, : ds.tgt_len[r]].tolist() == tok(tgt).input_ids
         assert (ds.src[r, ds.src_len[r]:] == PAD).all() and (ds.tgt[r, ds.tgt_len[r]:] == PAD).all()
-    assert ds.src[0, ds.src_len[0] - 1] == EOS
+    assert ds.src[0, ds.src_len[0] - 1] != EOS and ds.tgt[0, ds.tgt_len[0] - 1] == EOS
     assert ds.src.dtype == np.int16 and ds.src.shape[1] == ds.src_len.max()
+    with_eos = load_pairs(tmp_path, fmt=PromptFormat(input_eos=True))
+    assert with_eos.src[0, : with_eos.src_len[0]].tolist() == tok("<xx>:abc").input_ids
     # limits: first N lines of each file; tighter length limits drop more
     assert load_pairs(tmp_path, limit_per_lang=1).per_lang["xx"]["kept"] == 1
-    assert load_pairs(tmp_path, max_input_bytes=len(encode_text("<xx>:abc"))).per_lang["xx"]["kept"] == 1
+    assert load_pairs(tmp_path, max_input_bytes=len("<xx>:abc")).per_lang["xx"]["kept"] == 1
+    assert load_pairs(tmp_path, max_input_bytes=len("<xx>:abc"),
+                      fmt=PromptFormat(input_eos=True)).per_lang["xx"]["kept"] == 0
 
 
 def test_epoch_plan_is_deterministic_bucketed_and_complete():
@@ -172,6 +178,11 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
         assert key in summary, key
     assert summary["argv"] == ["pytest"] and summary["data_files"] == 3
     assert {k: v["kept"] for k, v in summary["pairs_per_language"].items()} == {lang: 20 for lang in LANGS}
+    # the checkpoint declares how it was trained, so nothing downstream guesses
+    from g2p_batch.checkpoint import load as load_checkpoint
+    cp = load_checkpoint(out)
+    assert cp.prompt() == PromptFormat(space_after_colon=False, input_eos=False)
+    assert cp.trained_languages == sorted(LANGS)
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}

@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 
 from g2p_batch.decoding import Bucket
-from g2p_batch.tokenizer import PromptFormat
+from g2p_batch.tokenizer import PromptFormat, decode
 from g2p_batch.transcriber import RowResult, Transcriber
 from tests.fakes import FAKE_SCORE, FakeEngine, fake_phonemes
 
@@ -74,3 +75,37 @@ def test_timings_split_engine_encode_time():
     assert t.timings["tokenize"] > 0
     # encode is carved out of measured engine time and never exceeds it
     assert 0 <= t.timings["encode"] <= 0.5 and t.timings["decode"] >= 0
+
+
+def test_rows_in_languages_the_checkpoint_never_trained_on_are_marked():
+    engine = FakeEngine(BUCKETS, 64)
+    t = Transcriber(engine, PromptFormat(), LANGS, trained_langs={"eng-us"})
+    ok, untrained = t.transcribe(["eng-us", "fra"], ["cat", "chat"], first_row=4)
+    assert ok.status == "ok" and ok.error is None
+    assert untrained.status == "untrained" and untrained.phonemes == "tahc"
+    assert untrained.error.startswith("row 5:") and "'fra' was not in this checkpoint's training data" in untrained.error
+    assert Transcriber(engine, PromptFormat(), LANGS).transcribe(["fra"], ["chat"])[0].status == "ok"
+
+
+def test_a_row_stopped_as_a_loop_says_so():
+    class Looping(FakeEngine):
+        def decode(self, input_ids, *, stop_loops=True):
+            out = super().decode(input_ids)
+            out.looped = np.array([stop_loops and decode(r).endswith("loop") for r in input_ids])
+            out.truncated = out.truncated | out.looped
+            return out
+
+    words = ["a loop", "fine"]
+    r = Transcriber(Looping(BUCKETS, 64), PromptFormat(), LANGS).transcribe(["fra", "fra"], words)
+    assert r[0].status == "truncated" and "repeating itself" in r[0].error and "max_output_len" not in r[0].error.split(";")[0]
+    assert r[1].status == "ok"
+    off = Transcriber(Looping(BUCKETS, 64), PromptFormat(), LANGS, stop_loops=False).transcribe(["fra"], words[:1])
+    assert off[0].status == "ok"
+
+
+def test_for_engine_takes_the_sets_prompt_and_languages():
+    engine = FakeEngine(BUCKETS, 64)
+    engine.prompt, engine.languages, engine.trained_languages = PromptFormat(input_eos=True), ["fra", "eng-us"], ["fra"]
+    t = Transcriber.for_engine(engine)
+    assert t.fmt.input_eos and t.known_langs == {"fra", "eng-us"} and t.trained_langs == {"fra"}
+    assert [r.status for r in t.transcribe(["fra", "eng-us", "cmn"], ["a", "b", "c"])] == ["ok", "untrained", "error"]

@@ -44,11 +44,12 @@ def test_manifest_commit_load_and_checksum_check(tmp_path):
     table = output_table(lexicon(5), [RowResult("x", "ok", None, 0.0)] * 5)
     sha, _ = write_shard(table, out, shard_a.name)
     m = Manifest(out, "fp", {"checkpoint_id": "c"})
-    m.commit(shard_a, 5, sha, "cpu-0")
+    m.commit(shard_a, 5, sha, "cpu-0", {"ok": 4, "error": 1})
     loaded = Manifest.load(out)
     assert loaded.fingerprint == "fp" and loaded.info == {"checkpoint_id": "c"}
     entry = loaded.shards[shard_a.id]
-    assert entry["rows_in"] == entry["rows_out"] == 5 and entry["row_groups"] == [0, 0]
+    assert entry["rows_in"] == entry["rows_out"] == 5 and entry["first_row"] == 0
+    assert loaded.totals() == {"error": 1, "ok": 4}
     assert loaded.is_committed(shard_a) and not loaded.is_committed(shard_b)
     (tmp_path / "out" / shard_a.name).write_bytes(b"changed")
     assert not loaded.is_committed(shard_a)
