@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["atomic_write", "file_sha256", "is_uri", "join", "resolve", "tmp_name"]
+__all__ = ["atomic_write", "file_sha256", "is_uri", "join", "resolve", "sha256_of", "tmp_name", "write_file"]
 
 _CHUNK = 1 << 20
 
@@ -53,12 +53,26 @@ def atomic_write(fs: pafs.FileSystem, directory: str, name: str, data: bytes) ->
         raise
 
 
-def file_sha256(fs: pafs.FileSystem, path: str) -> str | None:
-    """Hex digest of a file, read in chunks; None when it does not exist."""
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
+def file_sha256(fs: pafs.FileSystem, *paths: str) -> str | None:
+    """Hex digest of the files' bytes, in order, read in chunks; None when one does not exist."""
     digest = hashlib.sha256()
-    with fs.open_input_stream(path) as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+    for path in paths:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_file(location: str | os.PathLike, data: bytes) -> None:
+    """`atomic_write` by path or URI."""
+    fs, path = resolve(str(location))
+    directory, _, name = path.rpartition("/")
+    atomic_write(fs, directory or "/", name, data)
+
+
+def sha256_of(*locations: str | os.PathLike) -> str | None:
+    """`file_sha256` by paths or URIs (on one filesystem)."""
+    resolved = [resolve(str(loc)) for loc in locations]
+    return file_sha256(resolved[0][0], *(path for _, path in resolved))

@@ -18,35 +18,28 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 DATA = Path(os.environ.get("G2P_DATA", Path(__file__).resolve().parents[2] / "shared" / "charsiug2p-data"))
+FIXTURE_WORDS = Path(__file__).parent / "fixtures" / "words"
 
-# 25 languages, 20 words each: Latin, Cyrillic, Arabic, Devanagari, Thai, Hangul, CJK, Georgian,
-# Armenian, Greek, Ethiopic, Khmer, Tamil and Odia scripts
+# 25 languages, 20 words each (tests/fixtures/words): Latin, Cyrillic, Arabic, Devanagari, Thai,
+# Hangul, CJK, Georgian, Armenian, Greek, Ethiopic, Khmer, Tamil and Odia scripts
 PARITY_LANGS = ["eng-us", "fra", "ger", "pol", "vie-n", "rus", "ukr", "bul", "ara", "fas", "urd", "hin",
                 "san", "tha", "kor", "jpn", "zho-s", "yue", "geo", "arm-e", "gre", "amh", "khm", "tam", "ori"]
 
 
-def pytest_configure(config):
-    if not (DATA / "data" / "test").is_dir():
-        raise pytest.UsageError(f"CharsiuG2P data not found at {DATA}; set G2P_DATA to the charsiug2p-data folder")
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
+    """The CharsiuG2P data; tests that need it skip, naming where it was looked for."""
+    if not (DATA / "data" / "test").is_dir():
+        pytest.skip(f"CharsiuG2P data not found at {DATA}; set G2P_DATA to the charsiug2p-data folder")
     return DATA
 
 
 @pytest.fixture(scope="session")
 def parity_entries():
-    """500 test-split words (20 per language) whose input fits 64 bytes."""
-    from g2p_batch import lexicon
-    from g2p_batch.tokenizer import PromptFormat, encode_text
+    """500 test-split words (20 per language, tests/fixtures/words), each fitting 64 input ids."""
+    from g2p_batch.tools import lexicon
 
-    fmt = PromptFormat()
-    out = []
-    for lang in PARITY_LANGS:
-        rows = [e for e in lexicon.read_tsv(DATA / "data" / "test" / f"{lang}.tsv")
-                if len(encode_text(fmt.format(lang, e.word))) <= 64]
-        out += rows[:20]
+    out = [e for lang in PARITY_LANGS for e in lexicon.read_tsv(FIXTURE_WORDS / f"{lang}.tsv")]
     assert len(out) == 500
     return out
 
@@ -57,7 +50,7 @@ TRAINED_LANGS = ["eng-us", "pol", "vie-n", "ukr", "fas", "hin", "tha", "kor", "z
 
 
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
+def trained_checkpoint(tmp_path_factory, data_dir) -> Path:
     """A micro checkpoint trained for about 300 steps the CharsiuG2P way (`<lang>:word`, no EOS
     on the input) on 200 words of each of TRAINED_LANGS: it has learned to end its outputs, so
     rows end at varied steps, and it still loops often, as real models sometimes do."""
@@ -65,17 +58,18 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 
     import torch
 
-    from g2p_batch.train import train
+    from g2p_batch.tools.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("trained")
     (root / "train").mkdir()
     for lang in TRAINED_LANGS:
-        lines = (DATA / "data" / "train" / f"{lang}.tsv").read_text(encoding="utf-8").splitlines()[:200]
+        lines = (data_dir / "data" / "train" / f"{lang}.tsv").read_text(encoding="utf-8").splitlines()[:200]
         (root / "train" / f"{lang}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     threads = torch.get_num_threads()
     try:
-        summary = train(data=str(root / "train"), out=str(root / "ckpt"), arch="micro", epochs=4, batch_size=32,
-                        lr=3e-3, warmup_steps=30, seed=0, device="cpu", log_every=1000, dev_generate=0)
+        summary = train(TrainConfig(data=str(root / "train"), out=str(root / "ckpt"), arch="micro", epochs=4,
+                                    batch_size=32, lr=3e-3, warmup_steps=30, dropout=None, seed=0, device="cpu",
+                                    log_every=1000, dev_generate=0))
     finally:
         torch.set_num_threads(threads)
     assert summary["steps"] >= 300 and summary["final_loss"] < 2.5, summary["loss_history"]
@@ -87,7 +81,8 @@ def trained_checkpoint(tmp_path_factory) -> Path:
 def make_set(tmp_path_factory):
     """(arch, seed, eos_shadow, T, batch sizes, buckets, target) -> (checkpoint dir, artifact dir),
     built once per session."""
-    from g2p_batch import artifacts, checkpoint
+    from g2p_batch.compile import artifacts
+    from g2p_batch.tools import checkpoints
 
     root = tmp_path_factory.mktemp("sets")
     cache = {}
@@ -97,10 +92,10 @@ def make_set(tmp_path_factory):
         if key not in cache:
             ck = root / f"{arch}_{seed}_{eos_shadow}"
             if not (ck / "config.json").exists():
-                checkpoint.make(arch, seed, ck, eos_shadow=eos_shadow)
+                checkpoints.make(arch, seed, ck, eos_shadow=eos_shadow)
             art = artifacts.ensure_artifacts(checkpoint=str(ck), target=target, batch_sizes=list(batch_sizes),
                                              max_input_bytes=max(buckets), input_buckets=list(buckets),
-                                             max_output_len=T, root=str(root / "artifacts" / f"T{T}"),
+                                             max_output_len=T, artifacts_dir=str(root / "artifacts" / f"T{T}"),
                                              progress=False)
             cache[key] = (ck, art)
         return cache[key]

@@ -22,9 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from g2p_batch.decoding import CALL_COST_ROWS, Bucket, DecodeOutput
-from g2p_batch.engines import EngineSpec, PreparedEngine
-from g2p_batch.tokenizer import EOS, PAD, decode, encode_text
+from g2p_batch.decode.engine import (
+    CALL_COST_ROWS,
+    Bucket,
+    DecodeOutput,
+    EngineSpec,
+    PreparedEngine,
+)
+from g2p_batch.decode.tokenizer import EOS, PAD, decode, encode_text
 
 FAKE_SCORE = -0.1
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from g2p_batch.config import JobConfig
-from g2p_batch.tokenizer import decode, encode_text
+from g2p_batch.decode.tokenizer import decode, encode_text
+from g2p_batch.job.config import JobConfig
 from tests.fakes import FAKE_SCORE, fake_phonemes
 
 LANGS = ["eng-us", "fra", "ger", "spa"]

@@ -9,14 +9,18 @@ import shutil
 
 import pytest
 
-from g2p_batch import artifacts, checkpoint, verify
-from g2p_batch.reference import Reference
-from g2p_batch.runtime import load_engine
+from g2p_batch.compile import artifacts
+from g2p_batch.errors import ArtifactError
+from g2p_batch.model import checkpoint
+from g2p_batch.runtime.engine import load_engine
+from g2p_batch.runtime.manifest import pack, params_file
+from g2p_batch.tools import checkpoints, verify
+from g2p_batch.tools.reference import Reference
 
 
 def _ensure(ck, root):
     return artifacts.ensure_artifacts(checkpoint=str(ck), target="llvm", batch_sizes=[8], input_buckets=[64],
-                                      max_input_bytes=64, max_output_len=16, root=str(root), progress=False)
+                                      max_input_bytes=64, max_output_len=16, artifacts_dir=str(root), progress=False)
 
 
 def _manifest(path):
@@ -25,11 +29,11 @@ def _manifest(path):
 
 def test_new_weights_repack_params_and_keep_compiled_buckets(tmp_path, parity_entries):
     ck, root = tmp_path / "model", tmp_path / "artifacts"
-    checkpoint.make("micro", 0, ck, eos_shadow=7)
+    checkpoints.make("micro", 0, ck, eos_shadow=7)
     first = _manifest(_ensure(ck, root))
 
     shutil.rmtree(ck)
-    checkpoint.make("micro", 1, ck, eos_shadow=7)  # retrained in place: same name and shape
+    checkpoints.make("micro", 1, ck, eos_shadow=7)  # retrained in place: same name and shape
     out = _ensure(ck, root)
     second = _manifest(out)
     assert second["checkpoint"] == checkpoint.load(ck).identity() != first["checkpoint"]
@@ -43,11 +47,11 @@ def test_new_weights_repack_params_and_keep_compiled_buckets(tmp_path, parity_en
 
 def test_another_architecture_under_the_same_name_is_an_error(tmp_path):
     ck, root = tmp_path / "model", tmp_path / "artifacts"
-    checkpoint.make("micro", 0, ck)
+    checkpoints.make("micro", 0, ck)
     out = _ensure(ck, root)
     shutil.rmtree(ck)
-    checkpoint.make("micro_3_1", 0, ck)
-    with pytest.raises(artifacts.ArtifactMismatch, match="checkpoint config") as err:
+    checkpoints.make("micro_3_1", 0, ck)
+    with pytest.raises(ArtifactError, match="checkpoint config") as err:
         _ensure(ck, root)
     assert str(out) in str(err.value)
 
@@ -58,60 +62,58 @@ def test_same_named_checkpoints_share_a_set_and_each_job_packs_its_own_weights(t
     says so; a file that no longer matches its manifest stops the packing."""
     from safetensors.numpy import load_file
 
-    from g2p_batch.engines import unpack_cached
-    from g2p_batch.loader import build_params
-    from g2p_batch.shapes import T5Shape
+    from g2p_batch.model.params import build_params
+    from g2p_batch.model.shapes import T5Shape
+    from g2p_batch.runtime.loader import unpack_cached
 
     ck, other = tmp_path / "model", tmp_path / "elsewhere" / "model"
-    checkpoint.make("micro", 0, ck)
-    checkpoint.make("micro", 1, other)
+    checkpoints.make("micro", 0, ck)
+    checkpoints.make("micro", 1, other)
     out = _ensure(ck, root := tmp_path / "artifacts")
     assert _ensure(other, root) == out  # the manifest now names the other weights
     assert len(list(out.glob("params-*.safetensors"))) == 2 and not list(out.glob("*.tmp"))
 
     for cp in (checkpoint.load(ck), checkpoint.load(other)):
-        blob, manifest = artifacts.pack(out, cp.sha256)
+        blob, manifest = pack(out, cp.sha256)
         assert manifest["checkpoint"]["weights_sha256"] == cp.sha256
         got = unpack_cached(blob, root=str(tmp_path / "cache"))
-        assert [p.name for p in got.glob("params-*")] == [artifacts.params_file(cp.sha256)]
+        assert [p.name for p in got.glob("params-*")] == [params_file(cp.sha256)]
         assert _manifest(got) == manifest
         params = load_file(str(got / manifest["params"]["path"]))
         want = build_params(cp.weights, T5Shape.from_hf_config(cp.config), packed=True)
         assert all((params[k] == want[k]).all() for k in want)
 
     (out / _manifest(out)["buckets"][0]["path"]).write_bytes(b"half-written")
-    with pytest.raises(artifacts.ArtifactMismatch, match="does not match its manifest sha256"):
-        artifacts.pack(out, checkpoint.load(ck).sha256)
+    with pytest.raises(ArtifactError, match="does not match its manifest sha256"):
+        pack(out, checkpoint.load(ck).sha256)
 
 
-def test_a_cpu_set_of_an_older_format_is_refused_by_name(tmp_path):
-    """Format 3 changed the CPU's params layout and key cache: an older CPU set must fail with
-    the folder to remove, not decode garbage; an older GPU set is unchanged and still loads."""
+def test_a_set_of_another_format_is_refused_by_name(tmp_path):
+    """Another format lays params and caches out differently: such a set must fail with the
+    folder to remove, not decode garbage."""
     ck, root = tmp_path / "model", tmp_path / "artifacts"
-    checkpoint.make("micro", 0, ck)
+    checkpoints.make("micro", 0, ck)
     out = _ensure(ck, root)
     m = _manifest(out)
     (out / "manifest.json").write_text(json.dumps({**m, "format": 2}))
-    with pytest.raises(artifacts.ArtifactMismatch, match="format") as err:
+    with pytest.raises(ArtifactError, match="format") as err:
         load_engine(out)
     assert str(out) in str(err.value)
-    with pytest.raises(artifacts.ArtifactMismatch, match="format: requested 3, artifacts have 2"):
+    with pytest.raises(ArtifactError, match="format: requested 3, artifacts have 2"):
         _ensure(ck, root)
-    assert artifacts.format_ok({**m, "format": 2, "kernel_target": "gpu"})
-    assert not artifacts.format_ok({**m, "format": 1, "kernel_target": "gpu"})
 
 
 def test_buckets_compiled_by_other_kernel_code_are_reused_with_a_warning(tmp_path, monkeypatch, caplog):
     """A schedule change that keeps the format leaves a cached set correct but maybe slower: it is
     reused, and the warning names the folder to remove."""
     ck, root = tmp_path / "model", tmp_path / "artifacts"
-    checkpoint.make("micro", 0, ck)
+    checkpoints.make("micro", 0, ck)
     out = _ensure(ck, root)
     assert [b["kernel_source"] for b in _manifest(out)["buckets"]] == [artifacts.kernel_source()]
-    with caplog.at_level("WARNING", logger="g2p_batch.artifacts"):
+    with caplog.at_level("WARNING", logger="g2p_batch.compile"):
         _ensure(ck, root)
     assert "other g2p-batch kernel code" not in caplog.text
     monkeypatch.setattr(artifacts, "kernel_source", lambda: "another")
-    with caplog.at_level("WARNING", logger="g2p_batch.artifacts"):
+    with caplog.at_level("WARNING", logger="g2p_batch.compile"):
         assert _ensure(ck, root) == out
     assert f"1 of 1 buckets in {out} were compiled by other g2p-batch kernel code" in caplog.text

@@ -2,9 +2,14 @@ import random
 
 import pytest
 
-from g2p_batch.batching import choose_batch_sizes, plan_batches, validate_row, RowError
-from g2p_batch.decoding import CALL_COST_ROWS, Bucket
-from g2p_batch.tokenizer import PromptFormat, encode
+from g2p_batch.decode.batching import (
+    RowError,
+    choose_batch_sizes,
+    plan_batches,
+    validate_row,
+)
+from g2p_batch.decode.engine import CALL_COST_ROWS, Bucket
+from g2p_batch.decode.tokenizer import PromptFormat, encode
 
 SIZES = [1, 8, 32, 64]
 LENS = [16, 32, 64]
@@ -80,8 +85,8 @@ def test_batch_sizes_are_the_cheapest_cover(sizes, c):
 
 
 def test_batch_sizes_examples():
-    """Session 13, tiny_8 at 2 threads, 14 steps, through the Transcriber: 3 words 39 -> 20 ms,
-    33 words 100 -> 88, 40 words 109 -> 98 against the half-full rule; 13, 17 and 50 unchanged."""
+    """The plans priced per call (tiny_8 at 2 threads: 3 words in 20 ms as one batch of 8, 39 ms
+    as three of 1; 33 words 88 ms as 32 + 1, 100 ms as one 64)."""
     assert choose_batch_sizes(3, SIZES, CPU) == [8]          # not [1, 1, 1]
     assert choose_batch_sizes(33, SIZES, CPU) == [32, 1]     # not [64]
     assert choose_batch_sizes(40, SIZES, CPU) == [32, 8]     # not [64]
@@ -147,8 +152,8 @@ def test_too_long_counts_what_is_really_fed(fmt):
 def test_repeating_rows_finds_loops_not_words():
     import numpy as np
 
-    from g2p_batch.decoding import LOOP_MIN_IDS, repeating_rows
-    from g2p_batch.tokenizer import byte_ids
+    from g2p_batch.decode.engine import LOOP_MIN_IDS, repeating_rows
+    from g2p_batch.decode.tokenizer import byte_ids
 
     def ids(text):
         return byte_ids(text)
@@ -171,8 +176,8 @@ def test_repeating_rows_finds_loops_not_words():
 def test_greedy_output_keeps_a_stopped_rows_tokens_and_marks_it():
     import numpy as np
 
-    from g2p_batch.decoding import greedy_output
-    from g2p_batch.tokenizer import EOS, PAD
+    from g2p_batch.decode.engine import greedy_output
+    from g2p_batch.decode.tokenizer import EOS, PAD
 
     raw = np.array([[10, 11, 12, 13], [10, EOS, 12, 13], [10, 11, 12, 13]], np.int32)
     out = greedy_output(raw, np.zeros((3, 4), np.float32), np.zeros(3, bool), 6, np.array([2, 2, 5]))
@@ -191,8 +196,8 @@ def test_greedy_output_matches_generate_step_by_step():
     of a finished row are ignored, filler rows give nothing, and rows without EOS are truncated."""
     import numpy as np
 
-    from g2p_batch.decoding import greedy_output
-    from g2p_batch.tokenizer import EOS, PAD
+    from g2p_batch.decode.engine import greedy_output
+    from g2p_batch.decode.tokenizer import EOS, PAD
 
     rng = np.random.default_rng(7)
     B, steps, T = 9, 6, 8

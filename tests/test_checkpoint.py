@@ -8,25 +8,27 @@ import json
 import numpy as np
 import pytest
 
-from g2p_batch import checkpoint
-from g2p_batch.loader import decoder_bias, encoder_bias
-from g2p_batch.shapes import T5Shape
+from g2p_batch.errors import CheckpointError
+from g2p_batch.model import checkpoint
+from g2p_batch.model.params import decoder_bias, encoder_bias
+from g2p_batch.model.shapes import T5Shape
+from g2p_batch.tools import checkpoints
 
 
 def test_unreachable_hub_id_says_pass_a_local_directory(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(checkpoint.CheckpointError) as err:
+    with pytest.raises(CheckpointError) as err:
         checkpoint.load("charsiu/g2p_multilingual_byT5_tiny_8_layers_100")
     assert "pass the local directory" in str(err.value)
 
 
 def test_bad_references(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="no config.json"):
         checkpoint.load(tmp_path)
     (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(checkpoint.CheckpointError, match="is a file"):
+    with pytest.raises(CheckpointError, match="is a file"):
         checkpoint.load(tmp_path / "f.txt")
-    with pytest.raises(checkpoint.CheckpointError, match="neither a local directory nor a hub id"):
+    with pytest.raises(CheckpointError, match="neither a local directory nor a hub id"):
         checkpoint.load("no-such-dir")
 
 
@@ -43,14 +45,14 @@ def test_made_checkpoint_is_untied_and_reloads_identically(tmp_path):
     import torch
     import transformers
 
-    path = checkpoint.make("micro", 3, tmp_path / "ck")
+    path = checkpoints.make("micro", 3, tmp_path / "ck")
     cfg = json.loads((path / "config.json").read_text())
     assert cfg["tie_word_embeddings"] is False and cfg["num_layers"] == 2
     cp = checkpoint.load(path)
     assert not np.array_equal(cp.weights["lm_head.weight"], cp.weights["shared.weight"])
     model = transformers.T5ForConditionalGeneration.from_pretrained(path)
     assert torch.equal(model.lm_head.weight, torch.from_numpy(cp.weights["lm_head.weight"]))
-    again = checkpoint.load(checkpoint.make("micro", 3, tmp_path / "ck2"))
+    again = checkpoint.load(checkpoints.make("micro", 3, tmp_path / "ck2"))
     assert again.sha256 == cp.sha256  # seeded: the same bytes
 
 
@@ -58,7 +60,7 @@ def test_bias_tables_match_transformers(tmp_path):
     import torch
     import transformers
 
-    path = checkpoint.make("micro", 0, tmp_path / "ck")
+    path = checkpoints.make("micro", 0, tmp_path / "ck")
     model = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
     shape = T5Shape.from_hf_config(json.loads((path / "config.json").read_text()))
     cp = checkpoint.load(path)

@@ -11,6 +11,7 @@ import textwrap
 from typer.testing import CliRunner
 
 from g2p_batch.cli import app
+from tests.conftest import FIXTURE_WORDS
 
 runner = CliRunner()
 
@@ -20,7 +21,7 @@ def _invoke(*args):
     return res.exit_code, res.output
 
 
-def test_make_compile_transcribe_verify(tmp_path, data_dir):
+def test_make_compile_transcribe_verify(tmp_path):
     ck, art = tmp_path / "ck", tmp_path / "art"
     code, out = _invoke("make-checkpoint", "--arch", "micro", "--seed", "1", ck)
     assert code == 0 and (ck / "config.json").exists()
@@ -40,7 +41,7 @@ def test_make_compile_transcribe_verify(tmp_path, data_dir):
     assert "[error:" in long and "32" in long  # too long for the compiled input, named
 
     tsv = tmp_path / "eng-us.tsv"
-    tsv.write_text("".join(line + "\n" for line in (data_dir / "data/test/eng-us.tsv").read_text().splitlines()[:12]))
+    tsv.write_text("".join(line + "\n" for line in (FIXTURE_WORDS / "eng-us.tsv").read_text().splitlines()[:12]))
     code, out = _invoke("verify", *common, "--data", tsv, "--batch-size", "8")
     assert code == 0, out
     assert "mismatching rows: 0" in out and "PER" in out
@@ -85,8 +86,8 @@ def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):
         import sys
         sys.modules["torch"] = None          # any import of them now fails
         sys.modules["transformers"] = None
-        from g2p_batch.runtime import load_engine
-        from g2p_batch.tokenizer import encode, pad_batch
+        from g2p_batch.runtime.engine import load_engine
+        from g2p_batch.decode.tokenizer import encode, pad_batch
         eng = load_engine({str(art)!r})
         out = eng.decode(pad_batch([encode("eng-us", "cat")], 32, 1))
         assert out.tokens.shape == (1, 8)
@@ -96,13 +97,13 @@ def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
-def test_bench_runs_engines_side_by_side_and_profiles(tmp_path, data_dir):
+def test_bench_runs_engines_side_by_side_and_profiles(tmp_path):
     """The bench on a micro checkpoint and 40 words: every engine asked for reports a rate,
     TVM reports its stages, nothing is written into the checkpoint, and --profile names the
     model's kernels."""
     ck = tmp_path / "ck"
     assert _invoke("make-checkpoint", "--arch", "micro", "--seed", "3", ck)[0] == 0
-    common = ["--checkpoint", ck, "--data", data_dir / "data" / "test", "--words", "40", "--batch", "8",
+    common = ["--checkpoint", ck, "--data", FIXTURE_WORDS, "--words", "40", "--batch", "8",
               "--steps", "4", "--threads", "1", "--cache-dir", tmp_path / "cache", "--out", tmp_path / "out"]
     before = sorted(p.name for p in ck.iterdir())
     code, out = _invoke("bench", *common, "--engines", "tvm,transformers,ct2-fp32", "--latency-runs", "2")

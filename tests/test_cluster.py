@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from g2p_batch.driver import run_job
+from g2p_batch.job.driver import run_job
 from tests.fakes import prepare_fake_engine
 from tests.lexicons import check_output, job_config, job_inputs
 
@@ -51,8 +51,8 @@ def test_cpu_actors_wait_while_a_gpu_actor_starts():
     from collections import deque
     from types import SimpleNamespace
 
-    from g2p_batch.config import ActorGroup
-    from g2p_batch.driver import _Pool, _Slot
+    from g2p_batch.job.config import ActorGroup
+    from g2p_batch.job.driver import _Pool, _Slot
 
     pool = _Pool.__new__(_Pool)
     gpu, cpu = ActorGroup("cuda", 1, 1, 1, 1), ActorGroup("llvm", 2, 1, 0, 1)

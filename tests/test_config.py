@@ -2,8 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from g2p_batch.config import (DEFAULT_LANG_LIST, ActorGroup, ConfigError, JobConfig, load_config,
-                              read_lang_list, resolve_actor_groups)
+from g2p_batch.errors import ConfigError
+from g2p_batch.job.config import (
+    ActorGroup,
+    JobConfig,
+    load_config,
+    resolve_actor_groups,
+)
+from g2p_batch.model.languages import LANG_LIST, read_lang_list
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -43,7 +49,7 @@ def test_validation_names_key_and_fix(changes, needle):
 def test_unknown_key_suggests_the_right_one(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("input: a\noutput: b\nlang: fra\nrows_per_shards: 5\n")
-    with pytest.raises(ConfigError, match="unknown config key 'rows_per_shards'; did you mean 'rows_per_shard'"):
+    with pytest.raises(ConfigError, match="unknown config key 'rows_per_shards' in .*c.yaml; did you mean 'rows_per_shard'"):
         load_config(path)
     with pytest.raises(ConfigError, match="output is required"):
         load_config(None, input="a", lang="fra")
@@ -77,7 +83,7 @@ def test_actor_groups_that_cannot_fit_say_so(kw, cluster, needle):
 
 
 def test_known_langs_sources(tmp_path):
-    default = read_lang_list(DEFAULT_LANG_LIST)
+    default = set(read_lang_list(LANG_LIST))
     assert len(default) == 100 and {"eng-us", "fra", "zho-s", "jpn"} <= default
     assert _config().known_lang_set(None) == default
     assert _config().known_lang_set(["a", "b"]) == {"a", "b"}

@@ -15,12 +15,13 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from g2p_batch import checkpoint, lexicon
 from g2p_batch.cli import app
-from g2p_batch.reference import Reference, charsiu_text
-from g2p_batch.runtime import load_engine
-from g2p_batch.tokenizer import PromptFormat, decode
-from g2p_batch.transcriber import Transcriber
+from g2p_batch.decode.tokenizer import PromptFormat, decode
+from g2p_batch.decode.transcriber import Transcriber
+from g2p_batch.model import checkpoint
+from g2p_batch.runtime.engine import load_engine
+from g2p_batch.tools import lexicon
+from g2p_batch.tools.reference import Reference, charsiu_text
 from tests.conftest import TRAINED_LANGS
 
 T = 32
@@ -115,12 +116,12 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
 def test_the_wrong_input_convention_is_caught(trained_checkpoint, data_dir, tmp_path):
     """What the project did before: an EOS after every input. The reference disagrees with it on
     a large share of rows, so the test above would fail with it."""
-    from g2p_batch.artifacts import ensure_artifacts
+    from g2p_batch.compile.artifacts import ensure_artifacts
 
     entries = _entries(data_dir, "trained", per_lang=10)
     want = _reference(trained_checkpoint, entries, input_eos=False)
     art = ensure_artifacts(checkpoint=str(trained_checkpoint), batch_sizes=[32], max_output_len=T,
-                           root=str(tmp_path / "art"), progress=False)
+                           artifacts_dir=str(tmp_path / "art"), progress=False)
     engine = load_engine(art)
     langs, words = [e.lang for e in entries], [e.word for e in entries]
     right = Transcriber.for_engine(engine, stop_loops=False).transcribe(langs, words)

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_artifacts_build_without_gpu(make_set):
-    from g2p_batch.artifacts import read_manifest, verify_files
+    from g2p_batch.runtime.manifest import read_manifest, verify_files
 
     ck, art = make_set(arch="micro", T=8, batch_sizes=(8,), buckets=(32,), target="cuda")
     m = read_manifest(art)
@@ -29,10 +29,10 @@ def test_cuda_kernels_compile_without_spills(tmp_path):
     import re
     import subprocess
 
-    from g2p_batch import targets
-    from g2p_batch.archs import resolve_arch
-    from g2p_batch.compiler import compile_bucket
-    from g2p_batch.shapes import T5Shape
+    from g2p_batch.compile.builder import compile_bucket
+    from g2p_batch.model.archs import resolve_arch
+    from g2p_batch.model.shapes import T5Shape
+    from g2p_batch.runtime import targets
 
     shape = T5Shape.from_hf_config(resolve_arch("micro"))
     lib = compile_bucket(shape, 8, 64, 24, targets.cuda_target()).mod  # what `compile` exports

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import ray
 
-from g2p_batch.config import ConfigError
-from g2p_batch.driver import JobFailed, run_job
-from g2p_batch.planner import InputError
-from g2p_batch.writer import MANIFEST, REPORT
+from g2p_batch.errors import ArtifactError, ConfigError, InputError, JobFailed
+from g2p_batch.job.driver import run_job
+from g2p_batch.job.writer import MANIFEST, REPORT
 from tests.fakes import prepare_fake_engine
 from tests.lexicons import MAX_OUT, TOO_LONG, check_output, job_config, job_inputs
 
@@ -121,14 +120,21 @@ def test_unknown_fixed_lang_fails_before_actors_and_output_stays_usable(local_ra
     check_output(expected, tmp_path / "out")
 
 
-def test_engine_preparation_errors_become_config_errors(local_ray, tmp_path):
+def test_engine_preparation_errors_reach_the_user_as_they_are(local_ray, tmp_path):
+    """A preparer's own error (a G2PError: the artifacts, the checkpoint) is the message users
+    see; anything else it raises is a bug and keeps its type and traceback."""
     job_inputs(tmp_path)
 
-    def broken(config, target):
-        raise ValueError("artifacts in x do not match; remove x to rebuild")
+    def mismatched(config, target):
+        raise ArtifactError("artifacts in x do not match; remove x to rebuild")
 
-    with pytest.raises(ConfigError, match="cannot prepare the llvm engine: artifacts in x"):
-        run_job(job_config(tmp_path), engine_factory=broken)
+    def buggy(config, target):
+        raise KeyError("params")
+
+    with pytest.raises(ArtifactError, match="remove x to rebuild"):
+        run_job(job_config(tmp_path), engine_factory=mismatched)
+    with pytest.raises(KeyError):
+        run_job(job_config(tmp_path), engine_factory=buggy)
 
 
 def test_bad_input_fails_before_any_work(tmp_path):
@@ -230,11 +236,11 @@ def test_overwrite_touches_nothing_until_the_new_run_can_commit(local_ray, tmp_p
     before = _snapshot(tmp_path / "out")
 
     def broken(config, target):
-        raise ValueError("artifacts in x were compiled for max_output_len 64; remove x to rebuild")
+        raise ArtifactError("artifacts in x were compiled for max_output_len 64; remove x to rebuild")
 
     failures = [  # each start-up failure, with overwrite: the earlier results must survive it
         (InputError, lambda: run_job(job_config(tmp_path, overwrite=True, lang_column="language"))),
-        (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True), engine_factory=broken)),
+        (ArtifactError, lambda: run_job(job_config(tmp_path, overwrite=True), engine_factory=broken)),
         (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, num_cpu_actors=5))),
         (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, lang_column=None, lang="zz"))),
         (ConfigError, lambda: run_job(job_config(tmp_path, overwrite=True, input=str(tmp_path / "out" / "*.parquet"),

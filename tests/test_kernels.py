@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tvm
 
-from g2p_batch import kernels as K
-from g2p_batch import lowering
-from g2p_batch.runtime import pack_tokens
-from g2p_batch.shapes import PACK
-from g2p_batch.tokenizer import PAD
+from g2p_batch.compile import kernels as K
+from g2p_batch.compile import lowering
+from g2p_batch.decode.tokenizer import PAD
+from g2p_batch.model.shapes import PACK
+from g2p_batch.runtime.engine import pack_tokens
 
 
 def _lib(f, pipeline: str | None = None):
@@ -165,7 +165,7 @@ def _gelu_new(a):
 def test_gated_dense_matches_two_matmuls_and_the_gate(tile, rows, act):
     """The CPU gated feed-forward reads `loader.interleave_gated`'s layout; a wrong strip order
     would mix gate and linear columns, which this catches column by column."""
-    from g2p_batch.loader import _pack, interleave_gated
+    from g2p_batch.model.params import _pack, interleave_gated
 
     Kd, F, m = 32, 64, 3
     M = 16 * m if rows is None else rows
@@ -206,7 +206,7 @@ def test_vector_exp_is_within_3_ulp_and_exactly_zero_below_its_range():
 def test_self_attention_reads_the_keys_kv_write_put_in_the_blocked_cache(T, window, B):
     """The CPU's key cache is blocked ([.., T/16, d_kv, 16], `shapes.key_cache_shape`): keys written
     step by step at every position must come back in position order, past the first block."""
-    from g2p_batch.shapes import key_block
+    from g2p_batch.model.shapes import key_block
 
     Ld, H, dk, layer = 2, 2, 16, 1
     W, inner, kb = window or T, H * dk, key_block(T)

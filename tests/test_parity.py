@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from g2p_batch import verify
-from g2p_batch.reference import Reference
-from g2p_batch.runtime import load_engine
+from g2p_batch.runtime.engine import load_engine
+from g2p_batch.tools import verify
+from g2p_batch.tools.reference import Reference
 
 
 def _check(make_set, entries, arch, batch, T, eos_shadow=None):
@@ -39,7 +39,7 @@ def test_rows_ending_at_different_steps(make_set, parity_entries, T):
     """EOS made likely (head row shadowing a common byte): rows end early, late or never, so
     early exit, padding after EOS, loops and truncation are all exercised against the reference."""
     engine, rep = _check(make_set, parity_entries[:200], "tiny_8", 8, T, eos_shadow=79)
-    from g2p_batch.tokenizer import encode, pad_batch
+    from g2p_batch.decode.tokenizer import encode, pad_batch
     rows = [encode(e.lang, e.word) for e in parity_entries[:200]]
     lengths, tokens = [], []
     for start in range(0, 200, 8):
@@ -62,8 +62,8 @@ def test_rows_ending_at_different_steps(make_set, parity_entries, T):
 def test_reference_does_not_warn_per_batch_about_max_length(capfd):
     """Our checkpoints save max_length 65 for plain generate(); the reference always passes
     max_new_tokens, which made transformers warn once per batch and flood verify and bench logs."""
-    from g2p_batch import checkpoint
-    from g2p_batch.tokenizer import encode_text
+    from g2p_batch.decode.tokenizer import encode_text
+    from g2p_batch.model import checkpoint
 
     _, path = checkpoint.resolve("default")
     ref = Reference(path, threads=1)
@@ -71,3 +71,39 @@ def test_reference_does_not_warn_per_batch_about_max_length(capfd):
     out = ref.generate(np.array([encode_text("<eng-us>:cat")]), max_new_tokens=12)
     assert out.shape == (1, 12)
     assert "max_length" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("arch,check", [
+    ("micro,feed_forward_proj=relu", lambda s: not s.gated and s.act == "relu"),
+    ("micro,tie_word_embeddings=true", lambda s: s.scale_output),
+])
+def test_older_t5_forms_match_transformers(make_set, parity_entries, arch, check):
+    """Older CharsiuG2P-era T5 configs: a plain ReLU feed-forward, and a head tied to the
+    embedding with the decoder output scaled by d_model**-0.5 (transformers' rule)."""
+    from g2p_batch.model.checkpoint import load
+    from g2p_batch.model.shapes import T5Shape
+
+    ck, _ = make_set(arch=arch, T=16, batch_sizes=(8,))
+    assert check(T5Shape.from_hf_config(load(ck).config))
+    engine, _ = _check(make_set, parity_entries[::2], arch, 8, 16)
+    # the output scale moves every logit alike, so the argmax cannot show it: the scores can
+    _scores_match_transformers(engine, ck, parity_entries[:8])
+
+
+def _scores_match_transformers(engine, ck, entries):
+    """The engine's mean log-probability per row equals transformers' on the same tokens."""
+    import torch
+
+    from g2p_batch.decode.tokenizer import encode, pad_batch
+
+    ids = pad_batch([encode(e.lang, e.word) for e in entries], 64, 8)
+    out = engine.decode(ids, stop_loops=False)
+    model = Reference(ck).model
+    src = torch.as_tensor(ids, dtype=torch.long)
+    dec = torch.cat([torch.zeros(8, 1, dtype=torch.long), torch.as_tensor(out.tokens[:, :-1], dtype=torch.long)], 1)
+    with torch.no_grad():
+        logp = model(input_ids=src, attention_mask=(src != 0).long(), decoder_input_ids=dec).logits.log_softmax(-1)
+    picked = logp.gather(-1, torch.as_tensor(out.tokens, dtype=torch.long)[..., None])[..., 0].numpy()
+    for r in range(8):
+        n = int(out.lengths[r])
+        np.testing.assert_allclose(out.scores[r], picked[r, :n].mean(), rtol=1e-4, atol=1e-5)

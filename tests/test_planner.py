@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from g2p_batch.planner import InputError, Shard, plan_shards, resolve_sources
+from g2p_batch.job.planner import InputError, Shard, plan_shards, resolve_sources
 from tests.lexicons import lexicon, write
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from g2p_batch.tokenizer import EOS, InputTooLong, PromptFormat, decode, encode, encode_text, pad_batch
+from g2p_batch.decode.tokenizer import (
+    EOS,
+    InputTooLong,
+    PromptFormat,
+    decode,
+    encode,
+    encode_text,
+    pad_batch,
+)
 
 
 def test_matches_byt5_tokenizer(parity_entries):

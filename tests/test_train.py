@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import inspect
 import json
 import random
 from pathlib import Path
@@ -11,11 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from g2p_batch.tokenizer import EOS, PAD, PromptFormat, encode_text
-from g2p_batch.train import (balanced_rows, build_parser, epoch_plan, load_pairs, lr_at, steps_per_epoch,
-                             train)
+from g2p_batch.decode.tokenizer import EOS, PAD, PromptFormat, encode_text
+from g2p_batch.errors import ConfigError
+from g2p_batch.tools.train import (
+    TrainConfig,
+    balanced_rows,
+    epoch_plan,
+    load_pairs,
+    lr_at,
+    steps_per_epoch,
+    train,
+)
+from tests.conftest import DATA
 
-SHARED = Path("/work/shared/charsiug2p-data/data")
+SHARED = DATA / "data"  # absent: _subset makes synthetic pairs
 LANGS = ("eng-us", "fin", "dut")
 
 
@@ -132,8 +140,8 @@ def test_language_balance_reweights_languages_and_keeps_the_epoch_size():
     assert np.bincount(lang_id[rows]).tolist() == [334, 333, 333]
     for s, e, ws in zip(bal.starts, bal.ends, bal.src_w):
         assert ws == src_len[bal.order[s:e]].max()
-    with pytest.raises(ValueError, match="lang_balance"):
-        train(data="unused", out="unused", lang_balance=1.5)
+    with pytest.raises(ConfigError, match="lang_balance"):
+        TrainConfig(data="unused", out="unused", lang_balance=1.5)
 
 
 def test_lr_schedule_warms_up_and_decays_to_zero():
@@ -146,14 +154,17 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
     assert lr_at(20, 1.0, 10, 1000, time_frac=0.5) == pytest.approx(0.5)
 
 
-def test_cli_options_are_train_keywords():
-    args = build_parser().parse_args(["--data", "d", "--out", "o", "--no-bf16", "--limit-per-lang", "5"])
-    params = inspect.signature(train).parameters
-    assert set(vars(args)) <= set(params)
-    assert args.bf16 is False and args.limit_per_lang == 5 and args.batch_size == 512
-    for name, value in vars(build_parser().parse_args(["--data", "d", "--out", "o"])).items():
-        if name not in ("data", "out"):
-            assert params[name].default == value, name
+def test_train_config_is_the_one_set_of_defaults():
+    """`g2p-batch train` (also `python -m g2p_batch train`) is the one training command."""
+    import subprocess
+    import sys
+
+    cfg = TrainConfig(data="d", out="o")
+    assert (cfg.epochs, cfg.batch_size, cfg.max_minutes, cfg.time_aware_schedule) == (1, 128, 85.0, True)
+    res = subprocess.run([sys.executable, "-m", "g2p_batch", "train", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--time-aware-schedule" in res.stdout and "(default: 128)" in res.stdout
+    with pytest.raises(ConfigError, match="lang_balance"):
+        TrainConfig(lang_balance=2.0)
 
 
 def test_train_micro_end_to_end(tmp_path, one_thread):
@@ -163,9 +174,9 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
 
     train_dir, dev_dir = _subset(tmp_path)
     out = tmp_path / "ckpt"
-    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+    s = train(TrainConfig(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
               warmup_steps=5, seed=0, device="cpu", limit_per_lang=20, dev=str(dev_dir),
-              log_every=8, dev_generate=6, argv=["pytest"])
+              log_every=8, dev_generate=6), argv=["pytest"])
     assert s["steps"] == s["planned_steps"] == 8 * s["steps_per_epoch"] == 64
     assert not s["stopped_early"] and s["epochs_completed"] == 8
     assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
@@ -179,7 +190,7 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
     assert summary["argv"] == ["pytest"] and summary["data_files"] == 3
     assert {k: v["kept"] for k, v in summary["pairs_per_language"].items()} == {lang: 20 for lang in LANGS}
     # the checkpoint declares how it was trained, so nothing downstream guesses
-    from g2p_batch.checkpoint import load as load_checkpoint
+    from g2p_batch.model.checkpoint import load as load_checkpoint
     cp = load_checkpoint(out)
     assert cp.prompt() == PromptFormat(space_after_colon=False, input_eos=False)
     assert cp.trained_languages == sorted(LANGS)
@@ -198,8 +209,8 @@ def test_train_micro_end_to_end(tmp_path, one_thread):
 
 def test_cpu_bf16_is_opt_in_and_trains(tmp_path, one_thread):
     train_dir, _ = _subset(tmp_path, n_dev=0)
-    s = train(data=str(train_dir), out=str(tmp_path / "ckpt"), arch="micro", epochs=8, batch_size=8, lr=3e-3,
-              warmup_steps=5, device="cpu", bf16=True, limit_per_lang=20, log_every=8)
+    s = train(TrainConfig(data=str(train_dir), out=str(tmp_path / "ckpt"), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+              warmup_steps=5, device="cpu", bf16=True, limit_per_lang=20, log_every=8))
     assert s["amp"] == "bf16" and s["options"]["bf16"] is True
     assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
 
@@ -226,8 +237,8 @@ def test_a_non_finite_batch_is_skipped_not_learned(tmp_path, one_thread, monkeyp
     _nan_loss_on(monkeypatch, lambda n: n == 2)
     train_dir, _ = _subset(tmp_path, n_dev=0)
     out = tmp_path / "ckpt"
-    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
-              warmup_steps=5, device="cpu", limit_per_lang=20, log_every=8)
+    s = train(TrainConfig(data=str(train_dir), out=str(out), arch="micro", epochs=8, batch_size=8, lr=3e-3,
+              warmup_steps=5, device="cpu", limit_per_lang=20, log_every=8))
     assert s["skipped_steps"] == [2] and s["steps"] == s["planned_steps"] and s["updates"] == s["steps"] - 1
     assert s["final_loss"] < s["first_loss"] - 1.0, s["loss_history"]
     assert all(np.isfinite(w.astype(np.float32)).all() for w in load_file(str(out / "model.safetensors")).values())
@@ -238,8 +249,8 @@ def test_a_run_of_non_finite_batches_stops_and_keeps_the_last_good_weights(tmp_p
     _nan_loss_on(monkeypatch, lambda n: n >= 3)
     train_dir, _ = _subset(tmp_path, n_dev=0)
     out = tmp_path / "ckpt"
-    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
-              limit_per_lang=20, log_every=1000)
+    s = train(TrainConfig(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
+              limit_per_lang=20, log_every=1000))
     assert s["stop_reason"] == "non-finite" and s["skipped_steps"] == list(range(3, 53))
     assert all(np.isfinite(w.astype(np.float32)).all() for w in load_file(str(out / "model.safetensors")).values())
 
@@ -247,8 +258,8 @@ def test_a_run_of_non_finite_batches_stops_and_keeps_the_last_good_weights(tmp_p
 def test_time_limit_stops_and_still_saves(tmp_path, one_thread):
     train_dir, _ = _subset(tmp_path, n_train=20, n_dev=0)
     out = tmp_path / "ckpt"
-    s = train(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
-              max_minutes=0.0, reserve_seconds=0.0, log_every=1000)
+    s = train(TrainConfig(data=str(train_dir), out=str(out), arch="micro", epochs=50, batch_size=4, device="cpu",
+              max_minutes=0.0, reserve_seconds=0.0, log_every=1000))
     assert s["stopped_early"] and s["stop_reason"] == "time" and s["steps"] < s["planned_steps"]
     assert (out / "model.safetensors").exists() and (out / "training_summary.json").exists()
 
@@ -258,8 +269,8 @@ def test_position_init_points_each_head_at_its_offset():
     import torch
     import transformers
 
-    from g2p_batch.archs import resolve_arch
-    from g2p_batch.train import _init_position_heads
+    from g2p_batch.model.archs import resolve_arch
+    from g2p_batch.tools.train import _init_position_heads
 
     torch.manual_seed(0)
     config = transformers.T5Config(**resolve_arch("micro"))

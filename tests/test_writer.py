@@ -5,12 +5,18 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from g2p_batch.actor import ShardSettings, TranscribeActor
-from g2p_batch.config import JobConfig
-from g2p_batch.planner import plan_shards
-from g2p_batch.tokenizer import PromptFormat
-from g2p_batch.transcriber import RowResult
-from g2p_batch.writer import MANIFEST, OUTPUT_COLUMNS, Manifest, output_table, write_shard
+from g2p_batch.decode.tokenizer import PromptFormat
+from g2p_batch.decode.transcriber import RowResult
+from g2p_batch.job.actor import ShardSettings, TranscribeActor
+from g2p_batch.job.config import JobConfig
+from g2p_batch.job.planner import plan_shards
+from g2p_batch.job.writer import (
+    MANIFEST,
+    OUTPUT_COLUMNS,
+    Manifest,
+    output_table,
+    write_shard,
+)
 from tests.fakes import fake_phonemes, prepare_fake_engine
 from tests.lexicons import LANGS, lexicon, write
 

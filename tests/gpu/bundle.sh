@@ -1,15 +1,14 @@
 #!/bin/bash
-# Build .carry/ (git-ignored) for one device session: everything tests/gpu/device_run.sh needs
+# Build .carry/ (git-ignored) for one run on a GPU node: everything tests/gpu/device_run.sh needs
 # on a GPU node that has torch and transformers but no TVM and cannot reach a package index.
-# Run from the repo root on the build machine (no GPU needed): it needs TVM, pip and ../shared.
-#   bash tests/gpu/bundle.sh            then, through the device tool:
-#   run(command="OUT=$OUT bash tests/gpu/device_run.sh", carry=[".carry"])
+# Run from the repo root on the build machine (no GPU needed): it needs TVM, pip and the data.
+#   bash tests/gpu/bundle.sh            then, on the GPU node, with .carry/ copied beside the repo:
+#   OUT=/path/to/results bash tests/gpu/device_run.sh
 # 22-33 MB, and 7 MB more per revision's sets (FALLBACK_REV, OLD_REV); WITH_TRAIN=1 adds 21 MB
-# (then set NO_DENSE=1: the 64 MiB a device call carries must leave room for the repo itself,
-# about 12 MB).
+# (then set NO_DENSE=1 where the copy to the node is limited, e.g. to 64 MiB with the repo).
 set -euo pipefail
 DATA=${G2P_DATA:-../shared/charsiug2p-data}/data
-PYV=${PYV:-3.12}   # the node's python3 (3.12 on the lent H100/H200 image)
+PYV=${PYV:-3.12}   # the node's python3
 C=.carry
 rm -rf $C && mkdir -p $C/whl $C/data $C/gpu
 

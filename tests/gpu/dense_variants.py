@@ -1,4 +1,5 @@
-"""Time the CUDA dense kernels under each candidate tile (g2p_batch.cuda_rules.CANDIDATES).
+"""Time the CUDA dense kernels under each candidate tile: dlight's stock matmul and the `Gemm`
+tiles `g2p_batch.compile.cuda_rules.pick_tile` chooses among (the measurements behind it).
 
     python tests/gpu/dense_variants.py build DIR     # here: cross-compile one library per tile
     python tests/gpu/dense_variants.py run DIR       # on the GPU node: check and time every kernel
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # (K, N, residual) of tiny_8's dense layers: qkv, o, wi (gated), wo, cross_kv, q_cross, lm_head
@@ -20,6 +22,48 @@ LAYERS = [(256, 1152, False), (384, 256, True), (256, 2048, False), (1024, 256, 
           (256, 384, False)]
 ENC_TOKENS = 18432  # about 1,024 words of the test split (18 ids each)
 DEC_ROWS = (1024, 4096)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """dlight Matmul knobs: x runs over rows (M), y over output columns (N)."""
+    block_x: int
+    block_y: int
+    micro_x: int
+    micro_y: int
+    k: int = 16
+    vector: int = 4
+
+    @property
+    def name(self) -> str:
+        return f"t{self.block_x}x{self.block_y}_m{self.micro_x}x{self.micro_y}_k{self.k}_vec{self.vector}"
+
+    def rule(self):
+        from tvm.s_tir import dlight as dl
+        config = dl.gpu.Matmul.Config(block_size_x=self.block_x, block_size_y=self.block_y, vthread_x=1,
+                                      vthread_y=1, micro_size_x=self.micro_x, micro_size_y=self.micro_y,
+                                      micro_size_k=self.k, vector_size=self.vector, unroll=256,
+                                      use_shared=True, storage_align=True, inner_x=False)
+
+        class Fixed(dl.gpu.Matmul):
+            def get_configs(self, target):
+                return config
+        return Fixed()
+
+
+STOCK = Tile(8, 16, 4, 4, k=16, vector=2)  # dlight's own CUDA config: 32 x 64
+
+
+def candidates():
+    from g2p_batch.compile import cuda_rules as C
+    return [STOCK, C.GEMM_128, C.GEMM_128x64, C.GEMM_64, C.GEMM_32x64,
+            C.Gemm(16, 16, 8, 1, 4, k=16, pipeline=True), C.Gemm(16, 16, 8, 2, 4, k=8, pipeline=True),
+            C.Gemm(16, 16, 8, 1, 4, k=8), C.Gemm(16, 16, 4, 1, 4, k=16), C.Gemm(8, 16, 4, 1, 4, k=16)]
+
+
+def _rule(tile):
+    from g2p_batch.compile import cuda_rules
+    return tile.rule() if isinstance(tile, Tile) else cuda_rules.GemmMatmul(lambda rows, cols: tile)
 
 
 def kernels():
@@ -38,37 +82,37 @@ def build(out: Path) -> None:
     import tvm
     from tvm.s_tir import dlight as dl
 
-    from g2p_batch import cuda_rules, kernels as K, targets
+    from g2p_batch.compile import kernels as K
+    from g2p_batch.runtime import targets
 
     out.mkdir(parents=True, exist_ok=True)
     tgt = tvm.target.Target(targets.cuda_target(), host=targets.cpu_target())
     built = []
-    for tile in cuda_rules.CANDIDATES:  # the kernels made anew per tile: given one module twice,
-        # ApplyDefaultSchedule gave the second tile the first one's schedule (checked in session 8)
+    for tile in candidates():  # the kernels made anew per tile: given one module twice,
+        # ApplyDefaultSchedule gives the second tile the first one's schedule
         funcs = {kname(*k): K.dense(k[0], k[1], k[2], K.KernelTarget("gpu"), residual=k[3]).with_attr(
             "global_symbol", kname(*k)) for k in kernels()}
         mod = tvm.IRModule(funcs)
         t0 = time.perf_counter()
         try:
             with tgt:
-                mod = dl.ApplyDefaultSchedule(cuda_rules.TiledMatmul(cuda_rules.fixed(tile)))(mod)
+                mod = dl.ApplyDefaultSchedule(_rule(tile))(mod)
             lib = tvm.compile(mod, tgt)
             lib.export_library(str(out / f"{tile.name}.so"))
             built.append(tile.name)
             print(f"{tile.name}: built in {time.perf_counter() - t0:.1f}s", flush=True)
         except Exception as e:  # a tile dlight cannot apply is reported, not fatal
             print(f"{tile.name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-    # the GPU node has a runtime-only TVM, without the dlight that cuda_rules imports
-    (out / "tiles.json").write_text(json.dumps({"built": built, "stock": cuda_rules.STOCK.name}))
+    (out / "tiles.json").write_text(json.dumps({"built": built, "stock": STOCK.name}))
 
 
 def run(out: Path) -> None:
     import numpy as np
     import tvm
 
-    from g2p_batch.runtime import _register_cuda_jit
+    from g2p_batch.runtime.cuda import register_cuda_jit
 
-    _register_cuda_jit()
+    register_cuda_jit()
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
     results = []

@@ -1,8 +1,8 @@
 #!/bin/bash
-# One device session, from the repo root on the GPU node, with .carry/ from tests/gpu/bundle.sh:
-# the CUDA parity tests (beside an optional training stage, which they barely load), then the
-# GPU benches on an otherwise idle GPU. Each step has its own timeout; everything is logged to
-# $OUT/log.txt, and results land in $OUT (the device tool returns at most 8 files).
+# One run on a GPU node, from the repo root, with .carry/ from tests/gpu/bundle.sh: the CUDA
+# parity tests (beside an optional training stage, which they barely load), then the GPU
+# benches on an otherwise idle GPU. Each step has its own timeout; everything is logged to
+# $OUT/log.txt, and results land in $OUT (kept to at most 8 files).
 #   TRAIN_MINUTES=4.6  also continue the default checkpoint's training for that long (the
 #                      MODEL_CARD's stage 4; bundle with WITH_TRAIN=1); its weights come back
 #                      as $OUT/model.safetensors
@@ -24,7 +24,7 @@ G2P="python3 -m g2p_batch.cli"
 
 if [ "$TRAIN_MINUTES" != 0 ]; then
   t "training starts (background, $TRAIN_MINUTES min)"
-  ( timeout $(python3 -c "print(int($TRAIN_MINUTES * 60 + 60))") python3 -m g2p_batch.train \
+  ( timeout $(python3 -c "print(int($TRAIN_MINUTES * 60 + 60))") python3 -m g2p_batch train \
       --data /tmp/data/data/train --dev /tmp/data/data/dev --out /tmp/train --init g2p_batch/checkpoints/g2p_tiny_3_1 \
       --arch tiny_3_1 --epochs 100 --batch-size 512 --lr 6e-4 --warmup-steps 300 --dropout 0.0 \
       --max-minutes $TRAIN_MINUTES --time-aware-schedule --log-every 500 --device cuda --seed ${TRAIN_SEED:-5} \
@@ -79,8 +79,8 @@ done
 t "profile, batch 1024"
 timeout 60 $G2P bench $common --artifacts $SETS/tiny8_b1_1024 --words 20480 --batch 1024 --engines tvm \
     --profile --out /tmp/prof | head -40 && cp /tmp/prof/profile.json "$OUT/profile.json"
-# where the 50k words/s target is measured (session 8 knew only its encoder/decoder split
-# there); not beside training, whose 3 files would take $OUT past the 8 that come back
+# where the 50k words/s target is measured; not beside training, whose 3 files would take $OUT
+# past 8 files
 if [ "$TRAIN_MINUTES" = 0 ]; then
   t "profile, batch 4096"
   timeout 60 $G2P bench $common --artifacts $SETS/tiny8_b4096 --words 40960 --batch 4096 --engines tvm \

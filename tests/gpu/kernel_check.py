@@ -32,7 +32,7 @@ LD, LAYER = 2, 1
 
 
 def _func(kind, B, L, H, dk, W):
-    from g2p_batch import kernels as K
+    from g2p_batch.compile import kernels as K
 
     tgt = K.KernelTarget("gpu")
     if kind == "enc":
@@ -46,7 +46,7 @@ def _func(kind, B, L, H, dk, W):
 def build(out: Path) -> None:
     import tvm
 
-    from g2p_batch import targets
+    from g2p_batch.runtime import targets
 
     out.mkdir(parents=True, exist_ok=True)
     tgt = tvm.target.Target(targets.cuda_target(), host=targets.cpu_target())
@@ -63,10 +63,11 @@ def _softmax(x):
 def run(out: Path) -> int:
     import tvm
 
-    from g2p_batch.runtime import _register_cuda_jit, pack_tokens
-    from g2p_batch.shapes import NEG_INF
+    from g2p_batch.model.shapes import NEG_INF
+    from g2p_batch.runtime.cuda import register_cuda_jit
+    from g2p_batch.runtime.engine import pack_tokens
 
-    _register_cuda_jit()
+    register_cuda_jit()
     dev = tvm.cuda(0)
     lib = tvm.runtime.load_module(str(out / "kernels.so"))
     rng = np.random.default_rng(0)

@@ -1,0 +1,123 @@
+"""One worker: holds an engine for its whole life and turns shards into output files.
+
+A plain class (the driver wraps it with `ray.remote` and the resources its config derived), so
+tests can run it in-process. The engine is built once in the constructor: loading compiled
+modules costs seconds, a shard milliseconds to minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..decode.engine import EngineSpec, build_engine
+from ..decode.tokenizer import PromptFormat
+from ..decode.transcriber import Transcriber
+from ..errors import InputError, ShardInputError
+from .planner import Shard, open_parquet
+from .writer import output_table, write_shard
+
+__all__ = ["ShardResult", "ShardSettings", "TranscribeActor", "read_shard"]
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """The per-job facts `process` needs besides the shard itself."""
+
+    output: str
+    word_column: str
+    lang_column: str | None
+    lang: str | None
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    rows_in: int
+    rows_out: int
+    sha256: str
+    size_bytes: int
+    statuses: dict[str, int]
+    unique_words: int
+    timings: dict[str, float]     # seconds: read, tokenize, encode, decode, write
+    seconds: float
+    actor: str
+    node: str | None
+
+
+class TranscribeActor:
+    def __init__(self, spec: EngineSpec, blob, fmt: PromptFormat, known_langs: set[str] | None,
+                 label: str = "actor", trained_langs: set[str] | None = None, stop_loops: bool = True):
+        # `blob` arrives as its own argument so Ray resolves the object-store reference here
+        if blob is not None:
+            spec = spec.with_(blob=blob)
+        self.label = label
+        self.target = spec.target
+        self.transcriber = Transcriber(build_engine(spec), fmt, known_langs, trained_langs, stop_loops)
+
+    def ready(self) -> dict:
+        """Answers once the constructor (engine load) has finished."""
+        return {"label": self.label, "target": self.target, "pid": os.getpid(), "node": _node_id()}
+
+    def process(self, shard: Shard, settings: ShardSettings) -> ShardResult:
+        start = time.perf_counter()
+        table = read_shard(shard)
+        words = table.column(settings.word_column).to_pylist()
+        langs = (table.column(settings.lang_column).to_pylist() if settings.lang_column
+                 else [settings.lang] * len(words))
+        read = time.perf_counter() - start
+
+        before = dict(self.transcriber.timings)
+        items_before = self.transcriber.decoded_items
+        results = self.transcriber.transcribe(langs, words, first_row=shard.first_row)
+
+        t_write = time.perf_counter()
+        out = output_table(table, results)
+        sha, size = write_shard(out, settings.output, shard.name)
+        end = time.perf_counter()
+
+        timings = {k: v - before.get(k, 0.0) for k, v in self.transcriber.timings.items()}
+        timings.update(read=read, write=end - t_write)
+        return ShardResult(
+            shard_id=shard.id, rows_in=shard.num_rows, rows_out=out.num_rows, sha256=sha,
+            size_bytes=size, statuses=dict(Counter(r.status for r in results)),
+            unique_words=self.transcriber.decoded_items - items_before, timings=timings,
+            seconds=end - start, actor=self.label, node=_node_id())
+
+
+def read_shard(shard: Shard) -> pa.Table:
+    """The shard's rows. pyarrow raises the same OSError for a damaged page as for a dropped
+    connection, so a failed read is tried again at once: failing twice alike, it is the data
+    (ShardInputError, not retried elsewhere); otherwise the error stays retryable."""
+    errors = []
+    for _ in range(2):
+        try:
+            table = open_parquet(shard.source).read_row_groups(shard.row_groups)
+            break
+        except (pa.ArrowException, OSError, InputError) as exc:
+            errors.append(exc)
+            if len(errors) == 2 and str(errors[0]) != str(exc):
+                raise
+    else:
+        first = " ".join(str(errors[0]).split())
+        raise ShardInputError(f"{shard.source}: rows {shard.first_row}..{shard.first_row + shard.num_rows - 1} "
+                              f"cannot be read ({first}), twice alike: the file is damaged; rewrite it "
+                              "or remove it from the input") from None
+    table = table.slice(shard.skip, shard.num_rows)
+    if table.num_rows != shard.num_rows:
+        raise ShardInputError(f"{shard.source}: row groups {shard.rg_start}..{shard.rg_stop - 1} hold "
+                              f"{table.num_rows + shard.skip} rows, the plan expected at least "
+                              f"{shard.num_rows + shard.skip}; the file changed during the job, rerun it")
+    return table
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:       # outside Ray (unit tests): no node to name
+        return None

@@ -1,0 +1,148 @@
+"""Everything the job leaves in the output directory, each piece written atomically.
+
+- one `<shard>.parquet` per input shard: the input columns unchanged plus the four below;
+- `_manifest.json`: the shards committed so far, rewritten after each one, so a killed job
+  resumes from it (a shard counts as done only when its file's checksum matches);
+- `_report.json`: totals, throughput and failures at the end.
+The bookkeeping files start with '_' so `pyarrow.parquet.read_table(output_dir)` (and Spark,
+and Hive) skip them and read the directory as one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import storage
+
+__all__ = [
+    "MANIFEST", "OUTPUT_COLUMNS", "REPORT", "Manifest", "output_table", "write_json",
+    "write_shard",
+]
+
+MANIFEST = "_manifest.json"
+REPORT = "_report.json"
+OUTPUT_COLUMNS = {"phonemes": pa.string(), "status": pa.string(), "error": pa.string(),
+                  "score": pa.float32()}
+
+
+def output_table(table: pa.Table, results) -> pa.Table:
+    """`table` with the transcription columns appended; `results` are RowResults in row order."""
+    if len(results) != table.num_rows:
+        raise ValueError(f"{len(results)} results for {table.num_rows} rows")
+    columns = {
+        "phonemes": [r.phonemes for r in results],
+        "status": [r.status for r in results],
+        "error": [r.error for r in results],
+        "score": [r.score for r in results],
+    }
+    for name, typ in OUTPUT_COLUMNS.items():
+        table = table.append_column(pa.field(name, typ), pa.array(columns[name], type=typ))
+    return table
+
+
+def write_shard(table: pa.Table, output: str, name: str) -> tuple[str, int]:
+    """Write `table` as `output/name` atomically; returns (sha256 of the file, its size).
+
+    The file is built in memory first: the checksum then costs no second read, and a shard is
+    small (rows_per_shard rows) by construction.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    fs, base = storage.resolve(output)
+    storage.atomic_write(fs, base, name, data)
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def write_json(output: str, name: str, obj: dict) -> None:
+    fs, base = storage.resolve(output)
+    storage.atomic_write(fs, base, name, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+@dataclass
+class Manifest:
+    """The committed shards of one output directory, and the settings that produced them."""
+
+    output: str
+    fingerprint: str                        # hash of the settings that change the output
+    info: dict = field(default_factory=dict)  # checkpoint, artifact hashes, settings
+    shards: dict[str, dict] = field(default_factory=dict)
+    # overwrite: an earlier run's shard files. They and its manifest stay, as the output, until
+    # this run commits its first shard: a run that fails to start loses nothing. Those this
+    # run's plan does not name go then; those it names are overwritten as their shards commit
+    # (`drop_stale` removes the rest once no actor can still be writing them).
+    replaces: list[str] | None = None
+    stale: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, output: str) -> "Manifest | None":
+        fs, base = storage.resolve(output)
+        path = storage.join(base, MANIFEST)
+        try:
+            with fs.open_input_stream(path) as f:
+                raw = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{output}/{MANIFEST} is unreadable ({exc}); delete it (and the "
+                             "shard files) or set overwrite: true") from exc
+        return cls(output, raw.get("fingerprint", ""), raw.get("info", {}), raw.get("shards", {}))
+
+    def is_committed(self, shard) -> bool:
+        """Recorded here, and the file on disk is the one recorded (same sha256)."""
+        entry = self.shards.get(shard.id)
+        if entry is None:
+            return False
+        fs, base = storage.resolve(self.output)
+        return storage.file_sha256(fs, storage.join(base, entry["file"])) == entry["sha256"]
+
+    def commit(self, shard, rows_out: int, sha256: str, actor: str, statuses: dict[str, int]) -> None:
+        self.shards[shard.id] = {
+            "file": shard.name, "source": shard.source, "first_row": shard.first_row,
+            "rows_in": shard.num_rows, "rows_out": rows_out, "sha256": sha256,
+            "statuses": dict(statuses), "actor": actor, "committed_at": time.time(),
+        }
+        if self.replaces is not None:
+            self._remove_replaced()
+        self.save()
+
+    def totals(self) -> dict[str, int]:
+        """Rows by status over every committed shard, this run's and earlier runs'."""
+        out: dict[str, int] = {}
+        for entry in self.shards.values():
+            for status, n in entry.get("statuses", {}).items():
+                out[status] = out.get(status, 0) + n
+        return dict(sorted(out.items()))
+
+    def save(self) -> None:
+        if self.replaces is not None:    # the earlier run's manifest is still the commit point
+            return
+        write_json(self.output, MANIFEST, {
+            "version": 2, "fingerprint": self.fingerprint, "info": self.info,
+            "shards": self.shards})
+
+    def _remove_replaced(self) -> None:
+        """The earlier run's files that this run's plan does not name, and its report."""
+        self._delete([n for n in self.replaces if n not in self.stale] + [REPORT])
+        self.replaces = None
+
+    def drop_stale(self) -> None:
+        """After the run: the earlier run's files under names whose new shard did not commit."""
+        if self.replaces is None:
+            committed = {e["file"] for e in self.shards.values()}
+            self._delete(sorted(self.stale - committed))
+            self.stale = set()
+
+    def _delete(self, names) -> None:
+        fs, base = storage.resolve(self.output)
+        for name in names:
+            try:
+                fs.delete_file(storage.join(base, name))
+            except FileNotFoundError:
+                pass
