@@ -186,3 +186,10 @@ def test_a_stopped_engine_dies_with_a_bench_killed_outright(tmp_path):
         bench_proc.kill()
         if engine is not None and _state(engine) not in (None, "Z"):
             os.kill(engine, 9)  # do not leave a stopped process behind when the test fails
+
+
+def test_without_a_checkpoint_the_bench_makes_its_seeded_tiny_8(tmp_path):
+    path = bench.bench_checkpoint(bench.BenchConfig(cache_dir=str(tmp_path)))
+    again = bench.bench_checkpoint(bench.BenchConfig(cache_dir=str(tmp_path)))
+    assert path == again == str(tmp_path / "tiny_8_seed0")
+    assert checkpoint.load(path).config["num_layers"] == 8

@@ -297,12 +297,13 @@ def bench_checkpoint(cfg: BenchConfig) -> str:
     """The checkpoint's local directory: the given one, or the seeded tiny_8 of the issue's
     workload, made once in the cache dir."""
     from ..model import checkpoint as ckpt_mod
+    from .checkpoints import make
 
     if cfg.checkpoint is not None:
         return str(ckpt_mod.resolve(cfg.checkpoint)[1])
     path = Path(cfg.cache_dir) / "tiny_8_seed0"
     if not (path / "config.json").exists():
-        ckpt_mod.make("tiny_8", 0, path)
+        make("tiny_8", 0, path)
     return str(path)
 
 
