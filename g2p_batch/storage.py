@@ -1,5 +1,6 @@
-"""Paths and URIs through one door (`pyarrow.fs`), so local disks and object stores take the
-same code, and writes that readers only ever see whole."""
+"""Paths and URIs through one door (`pyarrow.fs`), so local disks and object stores (S3 and
+S3-compatible stores through `AWS_ENDPOINT_URL`; GCS) take the same code, and writes that readers
+only ever see whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["atomic_write", "file_sha256", "is_uri", "join", "resolve", "sha256_of", "tmp_name", "write_file"]
+__all__ = ["atomic_write", "check_writable", "explain", "file_sha256", "is_uri", "join", "publishes_whole", "resolve",
+           "sha256_of", "tmp_name", "write_file"]
 
 _CHUNK = 1 << 20
 
@@ -36,9 +38,20 @@ def tmp_name(name: str) -> str:
     return f".{name}.tmp-{uuid.uuid4().hex}"
 
 
+def publishes_whole(fs: pafs.FileSystem) -> bool:
+    """Object stores show an object only once its upload completes: a direct put is already
+    atomic there, where write-then-rename would copy every byte twice and could leave a
+    temporary object behind."""
+    return fs.type_name in ("s3", "gcs")
+
+
 def atomic_write(fs: pafs.FileSystem, directory: str, name: str, data: bytes) -> None:
-    """Write `data` beside its final name, then move it over: a reader sees the old file or the
-    new one, never a prefix (rename on local disks; object stores publish whole objects)."""
+    """A reader sees the old file or the new one, never a prefix: a direct put on object
+    stores, a hidden file renamed over the final name elsewhere."""
+    if publishes_whole(fs):
+        with fs.open_output_stream(join(directory, name)) as out:
+            out.write(data)
+        return
     tmp = join(directory, tmp_name(name))
     fs.create_dir(directory, recursive=True)
     try:
@@ -51,6 +64,37 @@ def atomic_write(fs: pafs.FileSystem, directory: str, name: str, data: bytes) ->
         except OSError:
             pass
         raise
+
+
+def check_writable(location: str) -> None:
+    """Write and delete a small probe object under `location`, so an unreachable endpoint,
+    missing credentials, a missing bucket or a read-only prefix fail before any work, as an
+    OSError saying which of them it looks like."""
+    fs, base = resolve(location)
+    probe = join(base, f"_g2p_batch_probe-{uuid.uuid4().hex}")
+    try:
+        if not publishes_whole(fs):
+            fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(probe) as out:
+            out.write(b"probe")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise OSError(f"cannot write to {location!r}: {explain(exc)}") from exc
+
+
+def explain(exc: OSError) -> str:
+    """A storage error on one line, with the likely fix."""
+    text = " ".join(str(exc).split())
+    low = text.lower()
+    if "bucket" in low and ("not found" in low or "does not exist" in low or "nosuchbucket" in low):
+        hint = "the bucket does not exist: create it or fix the name"
+    elif "connect" in low or "curl" in low or "resolve host" in low:
+        hint = "the endpoint cannot be reached: check AWS_ENDPOINT_URL (or the store's address) and the network"
+    elif "access denied" in low or "forbidden" in low or "credential" in low or "signature" in low:
+        hint = "the store refused: check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws) and the prefix's permissions"
+    else:
+        hint = "check the path, the credentials and that this prefix may be written"
+    return f"{text}; {hint}"
 
 
 def file_sha256(fs: pafs.FileSystem, *paths: str) -> str | None:

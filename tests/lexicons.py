@@ -70,9 +70,13 @@ def _expected(word: str | None) -> str | None:
     return decode(encode_text(fake_phonemes(word))[:MAX_OUT]) if word else None
 
 
-def check_output(expected: pa.Table, out_dir: Path) -> pa.Table:
-    """Every input row exactly once, its columns unchanged, its transcription right."""
-    out = pq.read_table(out_dir)                 # the '_' bookkeeping files are skipped
+def check_output(expected: pa.Table, out_dir: Path | str) -> pa.Table:
+    """Every input row exactly once, its columns unchanged, its transcription right (a local
+    folder, or a URI such as s3://bucket/prefix)."""
+    from g2p_batch import storage
+
+    fs, path = storage.resolve(str(out_dir))
+    out = pq.read_table(path, filesystem=fs)     # the '_' bookkeeping files are skipped
     assert out.num_rows == expected.num_rows
     assert sorted(out.column("id").to_pylist()) == sorted(expected.column("id").to_pylist())
     out = out.sort_by("id")
@@ -87,3 +91,37 @@ def check_output(expected: pa.Table, out_dir: Path) -> pa.Table:
             assert status == ("truncated" if len(encode_text(word[::-1])) > MAX_OUT else "ok")
             assert (error is None) == (status == "ok")
     return out
+
+
+def kill_driver_after_commits(input: str, output: str, committed, n: int = 2, timeout: float = 90.0) -> None:
+    """Run the job (the fake engine, 0.4 s a batch) through `jobs/transcribe.py` in a process
+    of its own on the running Ray, and SIGKILL it once `committed()` counts `n` shards."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "FAKE_ENGINE": json.dumps({"delay_s": 0.4})}
+    cmd = [sys.executable, str(root / "jobs" / "transcribe.py"), "--input", input, "--output", output,
+           "--lang-column", "lang", "--batch-sizes", "1,8,32", "--max-output-len", str(MAX_OUT),
+           "--rows-per-shard", "20", "--num-cpu-actors", "1", "--threads-per-actor", "1", "--no-progress",
+           "--engine", "tests.fakes:prepare_fake_engine"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout
+        while committed() < n:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, f"the driver committed no {n} shards in {timeout:.0f} s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()

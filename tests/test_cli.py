@@ -4,6 +4,7 @@ library errors turned into one red line with exit code 1."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -61,22 +62,26 @@ def test_transcribe_refuses_unknown_languages_as_run_does_and_uses_the_user_cach
     code, out = _invoke("transcribe", *common, "--lang", "zho-s", "你好")
     assert code == 0, out
     assert not (tmp_path / "artifacts").exists()
-    assert list((tmp_path / "cache" / "artifacts" / "ck").glob("llvm/manifest.json"))
+    assert list((tmp_path / "cache" / "artifacts" / "ck").glob("llvm-out4/manifest.json"))
 
 
-def test_artifact_mismatch_is_a_clean_error(tmp_path):
+def test_artifact_mismatch_is_a_clean_error_and_output_lengths_get_sets_of_their_own(tmp_path):
     ck, art = tmp_path / "ck", tmp_path / "art"
     _invoke("make-checkpoint", "--arch", "micro", ck)
     base = ["compile", "--checkpoint", ck, "--batch-sizes", "1", "--max-input-bytes", "16", "--artifacts-dir", art]
     assert _invoke(*base, "--max-output-len", "8")[0] == 0
-    code, out = _invoke(*base, "--max-output-len", "12")
-    assert code == 1
-    assert "max_output_len: requested 12, artifacts have 8" in out and "remove" in out
+    assert _invoke(*base, "--max-output-len", "12")[0] == 0      # another length: a set of its own
+    assert sorted(p.name for p in (art / "ck").iterdir()) == ["llvm-out12", "llvm-out8"]
+    shutil.rmtree(ck)
+    _invoke("make-checkpoint", "--arch", "micro_3_1", ck)           # another architecture, same name
+    code, out = _invoke(*base, "--max-output-len", "8")
+    assert code == 1 and out.startswith("error: artifacts in") and "checkpoint config" in out and "remove" in out
+    assert "Traceback" not in out
 
 
 def test_run_needs_input_and_output():
     code, out = _invoke("run")
-    assert code == 1 and "--input and --output" in out
+    assert code == 1 and "input and output are required" in out and "--input and --output" in out
 
 
 def test_decode_path_needs_neither_torch_nor_transformers(make_set, tmp_path):

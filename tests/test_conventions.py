@@ -29,6 +29,12 @@ UNTRAINED = {"trained": "fin", "default": "fra"}  # a known language the checkpo
 
 
 @pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """One artifact root for the module: each checkpoint's set is compiled once."""
+    return tmp_path_factory.mktemp("art")
+
+
+@pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield
@@ -71,7 +77,7 @@ def _assert_matches(entries, phonemes, statuses, errors, want, which):
 
 @pytest.mark.parametrize("which", ["trained", "default"])
 def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkpoint, data_dir, tmp_path,
-                                                          local_ray):
+                                                          local_ray, art):
     ck = str(trained_checkpoint) if which == "trained" else "default"
     cp = checkpoint.load(ck)
     input_eos = which == "default"
@@ -86,7 +92,7 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
     (tmp_path / "job.yaml").write_text(
         f"input: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\nlang_column: lang\ncheckpoint: {ck}\n"
         f"batch_sizes: [32]\nmax_output_len: {T}\nrows_per_shard: 100\nthreads_per_actor: 1\n"
-        f"artifacts_dir: {tmp_path / 'art'}\nprogress: false\n")
+        f"artifacts_dir: {art}\nprogress: false\n")
     res = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "job.yaml")])
     assert res.exit_code == 0, res.output
     out = pq.read_table(tmp_path / "out").sort_by("id")
@@ -97,7 +103,7 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
     for lang in TRAINED_LANGS[::4]:
         idx = [i for i, e in enumerate(entries) if e.lang == lang]
         res = CliRunner().invoke(app, ["transcribe", "--lang", lang, "--checkpoint", ck, "--batch-sizes", "32",
-                                       "--max-output-len", str(T), "--artifacts-dir", str(tmp_path / "art"),
+                                       "--max-output-len", str(T), "--artifacts-dir", str(art),
                                        "--", *[entries[i].word for i in idx]])
         assert res.exit_code == 0, res.output
         lines = [line for line in res.output.split("\n") if "\t" in line]
@@ -113,16 +119,15 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
                 assert got == want[i], (line, want[i])
 
 
-def test_the_wrong_input_convention_is_caught(trained_checkpoint, data_dir, tmp_path):
+def test_the_wrong_input_convention_is_caught(trained_checkpoint, data_dir, art):
     """What the project did before: an EOS after every input. The reference disagrees with it on
     a large share of rows, so the test above would fail with it."""
     from g2p_batch.compile.artifacts import ensure_artifacts
 
     entries = _entries(data_dir, "trained", per_lang=10)
     want = _reference(trained_checkpoint, entries, input_eos=False)
-    art = ensure_artifacts(checkpoint=str(trained_checkpoint), batch_sizes=[32], max_output_len=T,
-                           artifacts_dir=str(tmp_path / "art"), progress=False)
-    engine = load_engine(art)
+    engine = load_engine(ensure_artifacts(checkpoint=str(trained_checkpoint), batch_sizes=[32], max_output_len=T,
+                                          artifacts_dir=str(art), progress=False))
     langs, words = [e.lang for e in entries], [e.word for e in entries]
     right = Transcriber.for_engine(engine, stop_loops=False).transcribe(langs, words)
     wrong = Transcriber(engine, PromptFormat(input_eos=True), stop_loops=False).transcribe(langs, words)

@@ -18,7 +18,34 @@ def test_cuda_artifacts_build_without_gpu(make_set):
     assert [(b["batch"], b["input_len"]) for b in m["buckets"]] == [(8, 32)]
     verify_files(art, m)
     so = art / m["buckets"][0]["path"]
-    assert b"__global__" in so.read_bytes()  # the kernels travel as CUDA C, compiled on the GPU node at load
+    assert b"__global__" in so.read_bytes()  # CUDA C travels too: the fallback for a GPU not covered
+
+    # device code for the common datacenter GPUs, and PTX the driver compiles for newer ones,
+    # read from the fatbin's own headers and recorded in the manifest
+    from g2p_batch.runtime.cuda import covers, fatbin_contents
+    from g2p_batch.runtime.targets import CUDA_ARCHS
+    device = m["buckets"][0]["device_code"]
+    fatbin = (art / device["path"]).read_bytes()
+    assert sorted(f"sm_{sm}" for kind, sm in fatbin_contents(fatbin) if kind == "elf") == sorted(CUDA_ARCHS)
+    assert [sm for kind, sm in fatbin_contents(fatbin) if kind == "ptx"] == [90]
+    assert device["archs"] == list(CUDA_ARCHS) and device["ptx"] == ["compute_90"]
+    assert all(covers(fatbin, a) for a in ("sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120"))
+    assert not covers(fatbin, "sm_75")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+def test_a_gpu_the_set_does_not_cover_without_nvcc_is_named(monkeypatch, tmp_path):
+    import shutil as sh
+
+    from g2p_batch.runtime import cuda
+    fatbin = tmp_path / "k.fatbin"
+    (tmp_path / "k.cu").write_text('extern "C" __global__ void k(float* x) { x[threadIdx.x] += 1.0f; }\n')
+    import subprocess
+    subprocess.run(["nvcc", "--fatbin", "-gencode=arch=compute_90,code=sm_90", "-o", str(fatbin),
+                    str(tmp_path / "k.cu")], check=True)
+    monkeypatch.setattr(sh, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="this GPU is sm_75; the artifact set carries elf sm_90.*no nvcc"):
+        cuda._nvcc("// code", "sm_75", fatbin.read_bytes())
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
@@ -29,7 +56,7 @@ def test_cuda_kernels_compile_without_spills(tmp_path):
     import re
     import subprocess
 
-    from g2p_batch.compile.builder import compile_bucket
+    from g2p_batch.compile.builder import compile_bucket, cuda_source
     from g2p_batch.model.archs import resolve_arch
     from g2p_batch.model.shapes import T5Shape
     from g2p_batch.runtime import targets
@@ -37,13 +64,6 @@ def test_cuda_kernels_compile_without_spills(tmp_path):
     shape = T5Shape.from_hf_config(resolve_arch("micro"))
     lib = compile_bucket(shape, 8, 64, 24, targets.cuda_target()).mod  # what `compile` exports
 
-    def cuda_source(m):
-        for sub in m.imports:
-            if sub.kind == "cuda":
-                return sub.inspect_source()
-            found = cuda_source(sub)
-            if found:
-                return found
     src = cuda_source(lib)
     bodies = {}  # kernel name -> its CUDA body (declarations skipped)
     for part in src.split('extern "C" __global__ ')[1:]:

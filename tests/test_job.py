@@ -5,11 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +14,13 @@ from g2p_batch.errors import ArtifactError, ConfigError, InputError, JobFailed
 from g2p_batch.job.driver import run_job
 from g2p_batch.job.writer import MANIFEST, REPORT
 from tests.fakes import prepare_fake_engine
-from tests.lexicons import MAX_OUT, TOO_LONG, check_output, job_config, job_inputs
+from tests.lexicons import (
+    TOO_LONG,
+    check_output,
+    job_config,
+    job_inputs,
+    kill_driver_after_commits,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,32 +157,12 @@ def test_resume_after_driver_killed(local_ray, tmp_path):
     """A driver process SIGKILLed mid-job; the rerun skips what it committed, adds no duplicates."""
     expected = job_inputs(tmp_path)
     out = tmp_path / "out"
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-           "FAKE_ENGINE": json.dumps({"delay_s": 0.4})}
-    cmd = [sys.executable, str(ROOT / "jobs" / "transcribe.py"), "--input", str(tmp_path / "in"),
-           "--output", str(out), "--lang-column", "lang", "--batch-sizes", "1,8,32",
-           "--max-output-len", str(MAX_OUT), "--rows-per-shard", "20", "--num-cpu-actors", "1",
-           "--threads-per-actor", "1", "--no-progress", "--engine", "tests.fakes:prepare_fake_engine"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if len(json.loads((out / MANIFEST).read_text())["shards"]) >= 2:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
-                pass
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.1)
-        else:
-            pytest.fail("the driver committed no shards in 60 s")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    def committed() -> int:
+        try:
+            return len(json.loads((out / MANIFEST).read_text())["shards"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return 0
+    kill_driver_after_commits(str(tmp_path / "in"), str(out), committed)
 
     committed = json.loads((out / MANIFEST).read_text())["shards"]
     assert 2 <= len(committed) < 6
@@ -276,7 +257,9 @@ def test_report_totals_cover_every_committed_shard_after_a_resume(local_ray, tmp
     assert sum(report.run_rows.values()) == 20
     saved = json.loads((tmp_path / "out" / REPORT).read_text())
     assert saved["rows"] == report.rows and saved["run_rows"] == report.run_rows
-    assert run_job(job_config(tmp_path)).rows == report.rows   # a full resume keeps them too
+    assert sum(sum(v.values()) for v in report.languages.values()) == expected.num_rows
+    again = run_job(job_config(tmp_path))                       # a full resume keeps them too
+    assert again.rows == report.rows and again.languages == report.languages
 
 
 @pytest.mark.parametrize("where", ["glob", "file"])

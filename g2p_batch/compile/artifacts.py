@@ -1,4 +1,4 @@
-"""Checkpoint -> compiled artifact set, cached: `<root>/<checkpoint>/<target>/`.
+"""Checkpoint -> compiled artifact set, cached: `<root>/<checkpoint>/<target>-out<T>/`.
 
 A set is reused when its manifest matches the request; missing buckets are compiled and added.
 The compiled modules take the weights as arguments, so a checkpoint retrained under the same
@@ -98,7 +98,8 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     target = targets.resolve(config.target)
     cp = cp or ckpt.load(config.checkpoint)  # identity only; weights are read if params must be built
     prompt = cp.prompt().to_dict()  # how the checkpoint reads words: recorded, not compiled in
-    out = Path(config.artifacts_dir or default_root()) / cp.name / targets.short_name(target)
+    # one set per output length: the decoder's caches and bias tables are sized by it
+    out = Path(config.artifacts_dir or default_root()) / cp.name / f"{targets.short_name(target)}-out{config.max_output_len}"
     manifest_path = out / "manifest.json"
     T = config.max_output_len
     identity = cp.identity()
@@ -145,9 +146,9 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     for b in todo:
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()
-        fns = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
+        built = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
         manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
-                                    "sha256": storage.sha256_of(out / rel), "functions": fns,
+                                    "sha256": storage.sha256_of(out / rel), **built,
                                     "compile_seconds": round(time.perf_counter() - t0, 2),
                                     "kernel_source": source})
         manifest["buckets"].sort(key=lambda e: (e["batch"], e["input_len"]))

@@ -53,6 +53,7 @@ class Transcriber:
         self.buckets = sorted(engine.buckets)
         self.timings: dict[str, float] = {"tokenize": 0.0, "encode": 0.0, "decode": 0.0}
         self.decoded_items = 0
+        self.batch_fill: list[float] = []  # per engine call: real rows / compiled rows
 
     @classmethod
     def for_engine(cls, engine: Engine, stop_loops: bool = True, prompt: PromptFormat | None = None) -> "Transcriber":
@@ -78,6 +79,7 @@ class Transcriber:
                             batch.bucket.batch)
             t2 = time.perf_counter()
             out = self.engine.decode(ids, stop_loops=self.stop_loops)
+            self.batch_fill.append(len(batch.items) / batch.bucket.batch)
             t3 = time.perf_counter()
             _check_output(out, batch.bucket.batch, self.engine.max_output_len)
             looped = out.looped if out.looped is not None else np.zeros(batch.bucket.batch, bool)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -47,6 +47,41 @@ class ShardResult:
     seconds: float
     actor: str
     node: str | None
+    languages: dict[str, dict[str, int]] = field(default_factory=dict)  # lang -> status -> rows
+
+
+class _Metrics:
+    """The actor's Ray metrics, exported by each node's metrics agent to the Ray dashboard and
+    Prometheus (`ray_g2p_*`); nothing outside Ray."""
+
+    def __init__(self, label: str):
+        self.on = _node_id() is not None
+        if not self.on:
+            return
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        self.tags = {"actor": label}
+        self.rows = Counter("g2p_rows", "rows written, by status", tag_keys=("actor", "status"))
+        self.words_per_s = Gauge("g2p_words_per_second", "rows per second of the actor's last shard",
+                                 tag_keys=("actor",))
+        self.fill = Histogram("g2p_batch_fill", "share of an engine call's rows that are real words",
+                              boundaries=[0.125, 0.25, 0.5, 0.75, 0.9, 1.0], tag_keys=("actor",))
+        seconds = [0.01, 0.1, 1, 10, 60, 600]
+        self.encode = Histogram("g2p_encode_seconds", "encoder seconds per shard", boundaries=seconds,
+                                tag_keys=("actor",))
+        self.decode = Histogram("g2p_decode_seconds", "decoder seconds per shard", boundaries=seconds,
+                                tag_keys=("actor",))
+
+    def record(self, result: "ShardResult", fills: list[float]) -> None:
+        if not self.on:
+            return
+        for status, n in result.statuses.items():
+            self.rows.inc(n, tags={**self.tags, "status": status})
+        self.words_per_s.set(result.rows_in / max(result.seconds, 1e-9), tags=self.tags)
+        for f in fills:
+            self.fill.observe(f, tags=self.tags)
+        self.encode.observe(result.timings.get("encode", 0.0), tags=self.tags)
+        self.decode.observe(result.timings.get("decode", 0.0), tags=self.tags)
 
 
 class TranscribeActor:
@@ -58,6 +93,7 @@ class TranscribeActor:
         self.label = label
         self.target = spec.target
         self.transcriber = Transcriber(build_engine(spec), fmt, known_langs, trained_langs, stop_loops)
+        self.metrics = _Metrics(label)
 
     def ready(self) -> dict:
         """Answers once the constructor (engine load) has finished."""
@@ -73,6 +109,7 @@ class TranscribeActor:
 
         before = dict(self.transcriber.timings)
         items_before = self.transcriber.decoded_items
+        fills_before = len(self.transcriber.batch_fill)
         results = self.transcriber.transcribe(langs, words, first_row=shard.first_row)
 
         t_write = time.perf_counter()
@@ -82,11 +119,18 @@ class TranscribeActor:
 
         timings = {k: v - before.get(k, 0.0) for k, v in self.transcriber.timings.items()}
         timings.update(read=read, write=end - t_write)
-        return ShardResult(
+        languages: dict[str, Counter] = {}
+        for lang, r in zip(langs, results):
+            languages.setdefault(str(lang), Counter())[r.status] += 1
+        result = ShardResult(
             shard_id=shard.id, rows_in=shard.num_rows, rows_out=out.num_rows, sha256=sha,
             size_bytes=size, statuses=dict(Counter(r.status for r in results)),
             unique_words=self.transcriber.decoded_items - items_before, timings=timings,
-            seconds=end - start, actor=self.label, node=_node_id())
+            seconds=end - start, actor=self.label, node=_node_id(),
+            languages={k: dict(v) for k, v in languages.items()})
+        self.metrics.record(result, self.transcriber.batch_fill[fills_before:])
+        del self.transcriber.batch_fill[:]
+        return result
 
 
 def read_shard(shard: Shard) -> pa.Table:

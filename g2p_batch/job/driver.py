@@ -47,6 +47,7 @@ class JobReport:
     shards_committed: int = 0        # committed by this run
     failed: list[dict] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)   # every committed row by status, all runs
+    languages: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, per language
     run_rows: dict[str, int] = field(default_factory=dict)  # this run's rows by status
     skipped_files: list[dict] = field(default_factory=list)  # input files that are not Parquet
     actors: dict[str, dict] = field(default_factory=dict)
@@ -110,6 +111,10 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
     t0 = time.perf_counter()
     _check_locations(config)
     plan = plan_shards(config.input, config.word_column, config.lang_column, config.rows_per_shard)
+    try:
+        storage.check_writable(config.output)
+    except OSError as exc:
+        raise ConfigError(f"output: {exc}") from exc
     manifest, todo = _resume(config, plan)
     report = JobReport(output=config.output, shards_planned=len(plan.shards),
                        shards_skipped=len(plan.shards) - len(todo), skipped_files=plan.skipped)
@@ -125,7 +130,7 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
         if not shard.num_rows:
             _write_empty(config, manifest, shard, report)
     manifest.drop_stale()
-    report.rows = manifest.totals()
+    report.rows, report.languages = manifest.totals(), manifest.totals_by_language()
     report.wall_s = time.perf_counter() - t0
     if manifest.replaces is None:   # else an earlier run's results are still the output
         write_json(config.output, REPORT, report.to_dict())
@@ -218,11 +223,9 @@ class _Pool:
 
     def run(self, shards: list[Shard]) -> None:
         import ray
-        from tqdm import tqdm
 
         self.pending.extend(shards)
-        self.bar = tqdm(total=sum(s.num_rows for s in shards), unit="word", unit_scale=True,
-                        desc="g2p", disable=not self.config.progress, dynamic_ncols=True)
+        self.bar = Progress(len(shards), sum(s.num_rows for s in shards), self.config.progress)
         with self.bar:
             self._fill()
             while self.inflight:
@@ -285,14 +288,12 @@ class _Pool:
         if result.shard_id != shard.id or result.rows_out != shard.num_rows:
             raise RuntimeError(f"actor {slot.label} wrote {result.rows_out} rows for shard "
                                f"{result.shard_id}, expected {shard.num_rows} for {shard.id}")
-        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor, result.statuses)
+        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor, result.statuses, result.languages)
         self.report.add(result, slot.group.target)
-        self.bar.update(result.rows_in)
-        self._postfix()
+        self.bar.update(result.rows_in, shards=1)
 
     def _postfix(self) -> None:
-        self.bar.set_postfix(shards=self.report.shards_committed,
-                             failed=len(self.report.failed), refresh=False)
+        self.bar.update(0, failed=len(self.report.failed))
 
     def _failed(self, slot: _Slot, shard: Shard | None, exc: Exception) -> None:
         import ray
@@ -330,6 +331,53 @@ class _Pool:
                                    "attempts": self.attempts[shard.id], "error": error})
         if getattr(self, "bar", None) is not None:
             self._postfix()
+
+
+class Progress:
+    """Shards and rows done of total, words/s, ETA and failures: a bar on a terminal, else (under
+    `ray job submit`, in logs) a plain line at most every `every` seconds and at the end."""
+
+    def __init__(self, shards: int, rows: int, enabled: bool = True, every: float = 10.0,
+                 stream=None):
+        import sys
+
+        self.stream = stream or sys.stderr
+        self.shards, self.rows, self.enabled, self.every = shards, rows, enabled, every
+        self.done_shards = self.done_rows = self.failed = 0
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if enabled and getattr(self.stream, "isatty", lambda: False)():
+            from tqdm import tqdm
+            self.bar = tqdm(total=rows, unit="word", unit_scale=True, desc="g2p", dynamic_ncols=True,
+                            file=self.stream)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            self._line()
+
+    def update(self, rows: int, shards: int = 0, failed: int | None = None) -> None:
+        self.done_rows += rows
+        self.done_shards += shards
+        self.failed = self.failed if failed is None else failed
+        if self.bar is not None:
+            self.bar.update(rows)
+            self.bar.set_postfix(shards=f"{self.done_shards}/{self.shards}", failed=self.failed, refresh=False)
+        elif self.enabled and time.perf_counter() - self.last >= self.every:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = now = time.perf_counter()
+        rate = self.done_rows / max(now - self.t0, 1e-9)
+        left = (self.rows - self.done_rows) / rate if rate > 0 else float("inf")
+        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if left != float("inf") else "?"
+        print(f"g2p: {self.done_shards}/{self.shards} shards, {self.done_rows:,}/{self.rows:,} rows "
+              f"({100 * self.done_rows / max(self.rows, 1):.1f}%), {rate:,.1f} words/s, ETA {eta}, "
+              f"{self.failed} failed", file=self.stream, flush=True)
 
 
 def _is_input_error(exc: Exception) -> bool:
@@ -379,8 +427,9 @@ def _resume(config: JobConfig, plan: Plan) -> tuple[Manifest, list[Shard]]:
     earlier results go when this run commits its first shard (`Manifest.replaces`)."""
     fingerprint, settings = _fingerprint(config)
     fs, base = storage.resolve(config.output)
-    fs.create_dir(base, recursive=True)
-    _remove_orphan_tmp(fs, base)
+    if not storage.publishes_whole(fs):  # object stores have no folders, and no temporary files
+        fs.create_dir(base, recursive=True)
+        _remove_orphan_tmp(fs, base)
     try:
         manifest = Manifest.load(config.output)
     except ValueError as exc:
@@ -447,8 +496,11 @@ def _check_locations(config: JobConfig) -> None:
     out_fs, out = storage.resolve(config.output)
     out = out.rstrip("/")
     in_fs, inp = storage.resolve(config.input.split("?", 1)[0])
-    if type(in_fs) is type(out_fs) and in_fs.get_file_info(inp).type == pafs.FileType.Directory \
-            and (out == inp.rstrip("/") or out.startswith(inp.rstrip("/") + "/")):
+    try:
+        is_dir = in_fs.get_file_info(inp).type == pafs.FileType.Directory
+    except OSError:
+        return          # unreachable: planning says so, with the fix
+    if type(in_fs) is type(out_fs) and is_dir and (out == inp.rstrip("/") or out.startswith(inp.rstrip("/") + "/")):
         raise ConfigError(f"output {config.output!r} is inside the input directory "
                           f"{config.input!r}, so a rerun would read its own results; choose an "
                           "output outside it")

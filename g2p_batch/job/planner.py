@@ -135,7 +135,7 @@ def resolve_sources(input: str, with_listing: bool = False):
             else:
                 raise InputError(f"input {input!r} does not exist; fix the path")
     except OSError as exc:
-        raise InputError(f"cannot list input {input!r}: {exc}") from exc
+        raise InputError(f"cannot list input {input!r}: {storage.explain(exc)}") from exc
     if not paths:
         raise InputError(f"input {input!r} matches no files; fix the path or the glob")
     sources = [_source(location, fs, p, query) for p in sorted(paths)]

@@ -102,11 +102,13 @@ class Manifest:
         fs, base = storage.resolve(self.output)
         return storage.file_sha256(fs, storage.join(base, entry["file"])) == entry["sha256"]
 
-    def commit(self, shard, rows_out: int, sha256: str, actor: str, statuses: dict[str, int]) -> None:
+    def commit(self, shard, rows_out: int, sha256: str, actor: str, statuses: dict[str, int],
+               languages: dict[str, dict[str, int]] | None = None) -> None:
         self.shards[shard.id] = {
             "file": shard.name, "source": shard.source, "first_row": shard.first_row,
             "rows_in": shard.num_rows, "rows_out": rows_out, "sha256": sha256,
-            "statuses": dict(statuses), "actor": actor, "committed_at": time.time(),
+            "statuses": dict(statuses), "languages": languages or {}, "actor": actor,
+            "committed_at": time.time(),
         }
         if self.replaces is not None:
             self._remove_replaced()
@@ -119,6 +121,16 @@ class Manifest:
             for status, n in entry.get("statuses", {}).items():
                 out[status] = out.get(status, 0) + n
         return dict(sorted(out.items()))
+
+    def totals_by_language(self) -> dict[str, dict[str, int]]:
+        """Rows by language and status over every committed shard."""
+        out: dict[str, dict[str, int]] = {}
+        for entry in self.shards.values():
+            for lang, statuses in entry.get("languages", {}).items():
+                mine = out.setdefault(lang, {})
+                for status, n in statuses.items():
+                    mine[status] = mine.get(status, 0) + n
+        return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
     def save(self) -> None:
         if self.replaces is not None:    # the earlier run's manifest is still the commit point

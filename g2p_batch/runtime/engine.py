@@ -167,11 +167,12 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     from safetensors.numpy import load_file
 
     set_threads(threads)
-    if device == "cuda":
-        from .cuda import register_cuda_jit
-        register_cuda_jit()
     path = Path(artifact_dir)
     manifest = read_manifest(path)
+    if device == "cuda":
+        from .cuda import register_cuda_jit
+        register_cuda_jit({b["device_code"]["source_sha256"]: (path / b["device_code"]["path"]).read_bytes()
+                           for b in manifest["buckets"] if b.get("device_code")})
     if manifest.get("format") != FORMAT:  # the params layout and the modules' arguments differ
         raise ArtifactError(f"artifacts in {path} have format {manifest.get('format')}, this g2p-batch reads "
                             f"format {FORMAT}; remove {path} and compile them again")

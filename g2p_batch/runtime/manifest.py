@@ -2,7 +2,8 @@
 set travels (one tar blob of exactly the files its manifest names, each checked).
 
 A set is a folder: `manifest.json`, `params-<weights sha256[:16]>.safetensors` (the weights,
-already fused and laid out for the target) and `b{B}_in{L}_out{T}/model.so` per bucket.
+already fused and laid out for the target) and `b{B}_in{L}_out{T}/model.so` per bucket, with
+`kernels.fatbin` beside it in CUDA sets (device code for `targets.CUDA_ARCHS` and PTX).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from .. import storage
 from ..errors import ArtifactError
 
-__all__ = ["FORMAT", "manifest_hash", "pack", "params_file", "read_manifest", "unpack", "verify_files"]
+__all__ = ["FORMAT", "files", "manifest_hash", "pack", "params_file", "read_manifest", "unpack", "verify_files"]
 
 # The layout of params and module arguments; a set of another format cannot run here. 3: on
 # CPU, the gated feed-forward's halves interleave (model.params.interleave_gated) and the key
@@ -40,10 +41,15 @@ def params_file(weights_sha256: str) -> str:
     return f"params-{weights_sha256[:16]}.safetensors"
 
 
+def files(manifest: dict) -> list[dict]:
+    """Every file a set's manifest names ({"path", "sha256"}): params, modules, device code."""
+    return [manifest["params"]] + [f for b in manifest["buckets"] for f in (b, b.get("device_code")) if f]
+
+
 def verify_files(path: Path, manifest: dict, params: bool = True) -> None:
     """Every file the manifest names exists with its recorded sha256 (the params file too,
     unless the caller brings its own weights)."""
-    for entry in [manifest["params"]] * params + manifest["buckets"]:
+    for entry in files(manifest)[0 if params else 1:]:
         f = Path(path) / entry["path"]
         digest = storage.sha256_of(f)
         if digest is None:
@@ -70,7 +76,7 @@ def pack(path: str | Path, weights_sha256: str | None = None) -> tuple[bytes, di
         manifest["params"] = unrecorded = {"path": name}  # hashed below, as it is packed
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for entry in [manifest["params"]] + manifest["buckets"]:
+        for entry in files(manifest):
             data = (path / entry["path"]).read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if entry is unrecorded:  # named by its weights and never rewritten: nothing to check

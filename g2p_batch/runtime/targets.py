@@ -10,7 +10,12 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["cpu_target", "cuda_target", "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
+# device code shipped in a CUDA set: the datacenter GPUs of the last generations, and PTX the
+# driver compiles for anything newer
+CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+CUDA_PTX = "compute_90"
+
+__all__ = ["CUDA_ARCHS", "CUDA_PTX", "cpu_target", "cuda_target", "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
 
 _X86_LEVELS = [  # (mcpu, flags it needs): the first whose flags the host has wins
     ("skylake-avx512", {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}),

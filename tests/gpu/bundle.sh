@@ -40,13 +40,13 @@ sets() {
   $G2P make-checkpoint --arch micro --seed 0 $dest/cuda_set/checkpoint
   $G2P compile --checkpoint $dest/cuda_set/checkpoint --target cuda --batch-sizes 8 --input-buckets 32,64 \
     --max-input-bytes 64 --max-output-len 24 --artifacts-dir $A/micro
-  cp -r $A/micro/checkpoint/cuda-sm_90 $dest/cuda_set/artifacts
+  cp -r $A/micro/checkpoint/cuda-sm_90-out24 $dest/cuda_set/artifacts
   # the bench's tiny_8 sets take the node's own seeded weights (--checkpoint), so no params travel
   $G2P make-checkpoint --arch tiny_8 --seed 0 $A/tiny8
   for sizes in 1,1024 4096; do
     $G2P compile --checkpoint $A/tiny8 --target cuda --batch-sizes $sizes --input-buckets 32,64 \
       --max-input-bytes 64 --max-output-len 32 --artifacts-dir $A/t8_$sizes
-    cp -r $A/t8_$sizes/tiny8/cuda-sm_90 $dest/tiny8_b${sizes//,/_}
+    cp -r $A/t8_$sizes/tiny8/cuda-sm_90-out32 $dest/tiny8_b${sizes//,/_}
     rm $dest/tiny8_b${sizes//,/_}/params-*.safetensors
   done
   if [ -n "$rev" ]; then git worktree remove --force "$src"; fi

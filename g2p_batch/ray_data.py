@@ -1,0 +1,128 @@
+"""Transcription as a Ray Data stage, for pipelines that already read, clean, join and write
+with `ray.data`:
+
+    stage = transcribe_stage("default", lang_column="lang")          # compiles once, here
+    ds = ray.data.read_parquet("s3://bucket/words/")
+    ds = ds.map_batches(Transcribe, **stage.map_batches_kwargs())     # adds phonemes, status, ...
+    ds.write_parquet("s3://bucket/ipa/")
+
+`transcribe_stage` prepares the engine on the driver (the job's own preparer: artifacts found or
+compiled, packed into one blob put in the object store once), reads the cluster to choose the
+actors' resources, and picks the batch size from the compiled shapes. Each `Transcribe` actor
+loads the engine once, in its constructor, from the shipped bytes (no shared filesystem), and
+adds the job's four columns to every batch with the same per-row statuses as `g2p-batch run`:
+a bad row never fails the batch. What Ray Data does not give (resume, a manifest, one output
+file per input shard) stays with `g2p-batch run`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .decode.engine import (
+    DEFAULT_BATCH_SIZES,
+    PreparedEngine,
+    build_engine,
+    default_input_lengths,
+    import_object,
+)
+from .decode.transcriber import Transcriber
+from .errors import ConfigError
+from .job.config import resolve_actor_groups
+from .job.writer import output_table
+from .settings import setting
+
+__all__ = ["StageConfig", "Transcribe", "TranscribeStage", "transcribe_stage"]
+
+ROWS_PER_CALL = 16  # a Ray Data batch holds this many of the largest compiled batch
+
+
+@dataclass
+class StageConfig:
+    """What the stage transcribes with; the engine settings mean what they mean in JobConfig."""
+
+    checkpoint: str = setting("default", help="'default' (embedded), a local HF directory, or a hub id")
+    word_column: str = setting("word", help="column holding the words")
+    lang_column: str | None = setting(None, help="column holding language codes")
+    lang: str | None = setting(None, help="one language code for every row (instead of lang_column)")
+    target: str = setting("auto", help="auto | llvm | cuda")
+    batch_sizes: list[int] = setting(help="compiled batch sizes", factory=lambda: list(DEFAULT_BATCH_SIZES))
+    input_buckets: list[int] = setting(help="compiled input lengths", factory=lambda: default_input_lengths(64))
+    max_output_len: int = setting(64, help="decoder steps before a row counts as truncated")
+    threads_per_actor: int = setting(2, help="TVM threads (and Ray CPUs) per CPU actor")
+    num_cpu_actors: int | None = setting(None, help="CPU actors in the pool (default: what the cluster's CPUs hold)")
+    num_gpu_actors: int | None = setting(None, help="GPU actors in the pool (default: one per GPU)")
+    space_after_colon: bool | None = setting(None, help="'<lang>: word' (default: as the checkpoint declares)")
+    input_eos: bool | None = setting(None, help="EOS after the input (default: as the checkpoint declares)")
+    stop_loops: bool = setting(True, help="stop a row whose output repeats")
+    artifacts_dir: str | None = setting(None, help="root of compiled artifact sets (default: the user cache)")
+    engine: str = setting("g2p_batch.compile.prepare:prepare_tvm_engine", help="'module:function' preparer")
+    progress: bool = setting(True, help="show compile progress")
+
+    def __post_init__(self) -> None:
+        if (self.lang_column is None) == (self.lang is None):
+            raise ConfigError("set exactly one of lang_column (a column of language codes) and lang "
+                              f"(one code for every row); got lang_column={self.lang_column!r}, lang={self.lang!r}")
+        if self.target not in ("auto", "llvm", "cuda"):
+            raise ConfigError(f"target {self.target!r} is not one of ['auto', 'llvm', 'cuda']")
+
+
+@dataclass
+class TranscribeStage:
+    """Everything `ds.map_batches(Transcribe, ...)` needs: pass `**map_batches_kwargs()`."""
+
+    constructor_kwargs: dict
+    batch_size: int
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    env_vars: dict = field(default_factory=dict)
+
+    def map_batches_kwargs(self) -> dict:
+        import ray.data
+        return dict(fn_constructor_kwargs=self.constructor_kwargs, batch_size=self.batch_size,
+                    batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=self.actors),
+                    num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                    runtime_env={"env_vars": self.env_vars})
+
+
+def transcribe_stage(checkpoint: str = "default", **settings) -> TranscribeStage:
+    """Prepare the engine here (compile what is missing, ship the bytes once) and size the
+    actor pool for the cluster this process is connected to (`ray.init` first)."""
+    import ray
+
+    config = StageConfig(checkpoint=checkpoint, **settings)
+    if not ray.is_initialized():
+        ray.init()
+    cluster = ray.cluster_resources()
+    group = resolve_actor_groups(config, cluster)[0]  # one device kind per stage: GPUs when the cluster has any
+    prepared: PreparedEngine = import_object(config.engine)(config, group.target)
+    known = set(prepared.languages) if prepared.languages else None
+    trained = set(prepared.trained_languages) if prepared.trained_languages else None
+    spec = prepared.spec.with_(blob=None, threads=group.threads)
+    return TranscribeStage(
+        constructor_kwargs=dict(spec=spec, blob=ray.put(prepared.spec.blob), prompt=prepared.prompt,
+                                known_langs=known, trained_langs=trained, word_column=config.word_column,
+                                lang_column=config.lang_column, lang=config.lang, stop_loops=config.stop_loops),
+        batch_size=ROWS_PER_CALL * max(config.batch_sizes), actors=group.count, num_cpus=group.num_cpus,
+        num_gpus=group.num_gpus, env_vars=group.env_vars)
+
+
+class Transcribe:
+    """The Ray Data callable class: one engine per actor, loaded here; a batch in, the batch
+    with `phonemes`, `status`, `error` and `score` added out (every other column kept)."""
+
+    def __init__(self, spec, blob, prompt, known_langs=None, trained_langs=None, word_column: str = "word",
+                 lang_column: str | None = None, lang: str | None = None, stop_loops: bool = True):
+        import ray
+
+        if isinstance(blob, ray.ObjectRef):  # Ray Data passes constructor kwargs as they are
+            blob = ray.get(blob)
+        self.transcriber = Transcriber(build_engine(spec.with_(blob=blob)), prompt, known_langs, trained_langs,
+                                       stop_loops)
+        self.word_column, self.lang_column, self.lang = word_column, lang_column, lang
+
+    def __call__(self, batch):
+        words = batch.column(self.word_column).to_pylist()
+        langs = batch.column(self.lang_column).to_pylist() if self.lang_column else [self.lang] * len(words)
+        return output_table(batch, self.transcriber.transcribe(langs, words))
