@@ -15,6 +15,7 @@ from typing import Sequence
 from .compile.artifacts import CompileConfig, ensure_artifacts
 from .decode.transcriber import RowResult, Transcriber
 from .errors import ConfigError
+from .job.lexicon import entries, read_lexicons
 from .runtime import targets
 from .runtime.engine import load_engine
 
@@ -31,8 +32,11 @@ class G2P:
     @classmethod
     def load(cls, checkpoint: str = "default", *, target: str = "llvm", threads: int | None = None,
              space_after_colon: bool | None = None, input_eos: bool | None = None, stop_loops: bool = True,
-             **compile_settings) -> "G2P":
-        """`checkpoint`: 'default', a local Hugging Face directory or a hub id. Other keywords are
+             keep_case: bool = False, lexicon: str | list[str] | None = None, num_beams: int = 1,
+             n_best: int = 1, **compile_settings) -> "G2P":
+        """`checkpoint`: 'default', a local Hugging Face directory or a hub id; `lexicon`: files
+        whose entries win over the model; `keep_case`: no lowercasing; `num_beams` > 1: beam
+        search, each result's `candidates` holding the `n_best` best. Other keywords are
         CompileConfig's (batch_sizes, max_output_len, artifacts_dir, ...); the artifact set is
         compiled on first use and found in the cache after."""
         config = CompileConfig(checkpoint=checkpoint, target=target, **compile_settings)
@@ -40,7 +44,9 @@ class G2P:
         engine = load_engine(ensure_artifacts(config, progress=False), device=device,
                              threads=threads or os.cpu_count())
         prompt = engine.prompt.override(space_after_colon, input_eos)
-        return cls(Transcriber.for_engine(engine, stop_loops, prompt))
+        files = [lexicon] if isinstance(lexicon, str) else list(lexicon or [])
+        return cls(Transcriber.for_engine(engine, stop_loops, prompt, keep_case,
+                                          entries(read_lexicons(files)) if files else None, num_beams, n_best))
 
     def __call__(self, words: str | Sequence[str] | Sequence[tuple[str, str]],
                  lang: str | None = None) -> list[RowResult]:

@@ -30,6 +30,10 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file o
 SpaceOpt = Annotated[Optional[bool], typer.Option("--space-after-colon/--no-space-after-colon", help="'<lang>: word' instead of '<lang>:word' (default: as the checkpoint declares)")]
 InputEosOpt = Annotated[Optional[bool], typer.Option("--input-eos/--no-input-eos", help="end the input with EOS (default: as the checkpoint declares, else no, as CharsiuG2P)")]
 StopLoopsOpt = Annotated[bool, typer.Option("--stop-loops/--no-stop-loops", help="stop a row whose output repeats (status truncated)")]
+KeepCaseOpt = Annotated[bool, typer.Option("--keep-case", help="feed words in their own case (default: lowercased where the language's training words were all lowercase)")]
+LexiconOpt = Annotated[Optional[str], typer.Option(help="lexicon file(s), comma-separated, whose entries win over the model: TSV lang<TAB>word<TAB>pron or Parquet")]
+NumBeamsOpt = Annotated[int, typer.Option(help="beam search over this many hypotheses per word (1: greedy)")]
+NBestOpt = Annotated[int, typer.Option(help="with --num-beams K: print the N best (<= K), one line each with its score")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="TVM threads (default: all cores)")]
 
 
@@ -139,19 +143,32 @@ def transcribe(
     space_after_colon: SpaceOpt = None,
     input_eos: InputEosOpt = None,
     stop_loops: StopLoopsOpt = True,
+    keep_case: KeepCaseOpt = False,
+    lexicon: LexiconOpt = None,
+    num_beams: NumBeamsOpt = 1,
+    n_best: NBestOpt = 1,
     threads: ThreadsOpt = None,
 ):
-    """Print word<TAB>IPA for each word, compiling artifacts on first use. Rows the job would
-    mark as errors print their message, and make the exit status 1."""
+    """Print word<TAB>IPA for each word (word<TAB>IPA<TAB>score per candidate with --n-best),
+    compiling artifacts on first use. Rows the job would mark as errors print their message,
+    and make the exit status 1."""
     from .decode.transcriber import Transcriber
+    from .job.lexicon import entries, read_lexicons
     try:
+        entries_ = entries(read_lexicons(lexicon.split(","))) if lexicon else None
         _, engine = _load_engine(_compile_config(options), threads)
+        prompt = engine.prompt.override(space_after_colon, input_eos)
+        transcriber = Transcriber.for_engine(engine, stop_loops, prompt, keep_case, entries_, num_beams, n_best)
     except G2PError as exc:
         _fail(exc)
-    prompt = engine.prompt.override(space_after_colon, input_eos)
-    results = Transcriber.for_engine(engine, stop_loops, prompt).transcribe([lang] * len(words), words)
+    results = transcriber.transcribe([lang] * len(words), words)
     for w, r in zip(words, results):
-        typer.echo(f"{w}\t{r.phonemes}" if r.status == "ok" else f"{w}\t{r.phonemes or ''}\t[{r.status}: {r.error}]")
+        if n_best > 1 and r.candidates:
+            for p, s in r.candidates:
+                typer.echo(f"{w}\t{p}\t{'' if s is None else f'{s:.4f}'}")
+            continue
+        note = "" if r.status == "ok" else f"\t[{r.status}: {r.error}]" if r.error else f"\t[{r.status}]"
+        typer.echo(f"{w}\t{r.phonemes or ''}{note}")
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)
 
@@ -166,6 +183,8 @@ def verify(
     space_after_colon: SpaceOpt = None,
     input_eos: InputEosOpt = None,
     stop_loops: StopLoopsOpt = True,
+    keep_case: KeepCaseOpt = False,
+    capitalize: Annotated[bool, typer.Option("--capitalize", help="capitalise every word first: what the case rules do with capitalised input")] = False,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="also decode with transformers (inputs tokenized as CharsiuG2P does) and compare ids")] = True,
     threads: ThreadsOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write the per-language report here")] = None,
@@ -173,6 +192,7 @@ def verify(
     """Decode with TVM and transformers side by side: mismatching rows (0 expected), PER, WER."""
     import os
 
+    from .decode.rules import InputRules
     from .model.checkpoint import resolve
     from .tools import lexicon
     from .tools import verify as V
@@ -186,7 +206,9 @@ def verify(
     except G2PError as exc:
         _fail(exc)
     prompt = engine.prompt.override(space_after_colon, input_eos)
-    rep = V.run(engine, entries, batch_size, prompt, ref, progress=True, stop_loops=stop_loops)
+    rules = InputRules.from_dict(engine.input_rules, keep_case)
+    rep = V.run(engine, entries, batch_size, prompt, ref, progress=True, stop_loops=stop_loops, rules=rules,
+                capitalize=capitalize)
     for line in V.summary_lines(rep, entries, batch_size, prompt, ref is not None):
         typer.echo(line)
     if json_out:

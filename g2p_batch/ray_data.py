@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from .decode.engine import (
     DEFAULT_BATCH_SIZES,
     PreparedEngine,
-    build_engine,
     default_input_lengths,
     import_object,
 )
-from .decode.transcriber import Transcriber
 from .errors import ConfigError
+from .job.actor import RowRules, TranscribeActor
 from .job.config import resolve_actor_groups
+from .job.lexicon import read_lexicons
 from .job.writer import output_table
 from .settings import setting
 
@@ -55,11 +55,17 @@ class StageConfig:
     space_after_colon: bool | None = setting(None, help="'<lang>: word' (default: as the checkpoint declares)")
     input_eos: bool | None = setting(None, help="EOS after the input (default: as the checkpoint declares)")
     stop_loops: bool = setting(True, help="stop a row whose output repeats")
+    keep_case: bool = setting(False, help="feed words in their own case (default: as the training words were)")
+    lexicon: list[str] | None = setting(None, help="lexicon files whose entries win over the model")
+    num_beams: int = setting(1, help="beam search over this many hypotheses per word (1: greedy)")
+    n_best: int = setting(1, help="with num_beams > 1: candidates kept per word (a candidates column)")
     artifacts_dir: str | None = setting(None, help="root of compiled artifact sets (default: the user cache)")
     engine: str = setting("g2p_batch.compile.prepare:prepare_tvm_engine", help="'module:function' preparer")
     progress: bool = setting(True, help="show compile progress")
 
     def __post_init__(self) -> None:
+        if isinstance(self.lexicon, str):
+            self.lexicon = [self.lexicon]
         if (self.lang_column is None) == (self.lang is None):
             raise ConfigError("set exactly one of lang_column (a column of language codes) and lang "
                               f"(one code for every row); got lang_column={self.lang_column!r}, lang={self.lang!r}")
@@ -100,29 +106,32 @@ def transcribe_stage(checkpoint: str = "default", **settings) -> TranscribeStage
     known = set(prepared.languages) if prepared.languages else None
     trained = set(prepared.trained_languages) if prepared.trained_languages else None
     spec = prepared.spec.with_(blob=None, threads=group.threads)
+    rules = RowRules(prepared.prompt, frozenset(known) if known else None, frozenset(trained) if trained else None,
+                     config.stop_loops, prepared.input_rules, config.keep_case, config.num_beams, config.n_best)
+    lexicon = ray.put(read_lexicons(config.lexicon)) if config.lexicon else None
     return TranscribeStage(
-        constructor_kwargs=dict(spec=spec, blob=ray.put(prepared.spec.blob), prompt=prepared.prompt,
-                                known_langs=known, trained_langs=trained, word_column=config.word_column,
-                                lang_column=config.lang_column, lang=config.lang, stop_loops=config.stop_loops),
+        constructor_kwargs=dict(spec=spec, blob=ray.put(prepared.spec.blob), rules=rules, lexicon=lexicon,
+                                word_column=config.word_column, lang_column=config.lang_column, lang=config.lang),
         batch_size=ROWS_PER_CALL * max(config.batch_sizes), actors=group.count, num_cpus=group.num_cpus,
         num_gpus=group.num_gpus, env_vars=group.env_vars)
 
 
 class Transcribe:
     """The Ray Data callable class: one engine per actor, loaded here; a batch in, the batch
-    with `phonemes`, `status`, `error` and `score` added out (every other column kept)."""
+    with `phonemes`, `status`, `error` and `score` added out (and `candidates` with num_beams > 1;
+    every other column kept)."""
 
-    def __init__(self, spec, blob, prompt, known_langs=None, trained_langs=None, word_column: str = "word",
-                 lang_column: str | None = None, lang: str | None = None, stop_loops: bool = True):
+    def __init__(self, spec, blob, rules: RowRules, lexicon=None, word_column: str = "word",
+                 lang_column: str | None = None, lang: str | None = None):
         import ray
 
-        if isinstance(blob, ray.ObjectRef):  # Ray Data passes constructor kwargs as they are
-            blob = ray.get(blob)
-        self.transcriber = Transcriber(build_engine(spec.with_(blob=blob)), prompt, known_langs, trained_langs,
-                                       stop_loops)
+        # Ray Data passes constructor kwargs as they are: the object-store references are read here
+        blob, lexicon = (ray.get(x) if isinstance(x, ray.ObjectRef) else x for x in (blob, lexicon))
+        self.transcriber = TranscribeActor(spec, blob, rules, "ray-data", lexicon).transcriber
         self.word_column, self.lang_column, self.lang = word_column, lang_column, lang
 
     def __call__(self, batch):
         words = batch.column(self.word_column).to_pylist()
         langs = batch.column(self.lang_column).to_pylist() if self.lang_column else [self.lang] * len(words)
-        return output_table(batch, self.transcriber.transcribe(langs, words))
+        return output_table(batch, self.transcriber.transcribe(langs, words),
+                            candidates=self.transcriber.num_beams > 1)

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from g2p_batch.decode.beam import Candidate
 from g2p_batch.decode.engine import (
     CALL_COST_ROWS,
     Bucket,
     DecodeOutput,
     EngineSpec,
     PreparedEngine,
+    beam_output,
 )
 from g2p_batch.decode.tokenizer import EOS, PAD, decode, encode_text
 
@@ -81,6 +83,20 @@ class FakeEngine:
         return DecodeOutput(tokens, lengths, np.full(B, FAKE_SCORE, np.float32), truncated,
                             steps=int(lengths.max(initial=0)))
 
+    def decode_beams(self, input_ids: np.ndarray, num_beams: int, n_best: int) -> DecodeOutput:
+        """Candidate j of a word: its reversal with j "~" appended, score FAKE_SCORE * (j + 1)."""
+        R, L = input_ids.shape
+        if Bucket(R * num_beams, L) not in self.buckets:
+            raise ValueError(f"{R} rows x {num_beams} beams of {L} ids fit no compiled bucket")
+        self.calls.append((R * num_beams, L))
+        rows = []
+        for r in range(R):
+            text = decode(input_ids[r])
+            word = text.split(">:", 1)[1].lstrip(" ") if ">:" in text else ""
+            rows.append([Candidate(np.array(encode_text(fake_phonemes(word) + "~" * j), np.int32),
+                                   FAKE_SCORE * (j + 1), False) for j in range(n_best)] if text else [])
+        return beam_output(rows, self.max_output_len, 1)
+
     def _faults(self, word: str) -> None:
         once = self.marker is None or not Path(self.marker).exists()
         if word and word == self.die_on_word and once:
@@ -98,13 +114,14 @@ def prepare_fake_engine(config, target: str, **options) -> PreparedEngine:
     FAKE_ENGINE env var (JSON), for drivers run as a subprocess."""
     options = {**json.loads(os.environ.get("FAKE_ENGINE", "{}")), **options}
     languages = options.pop("languages", None)
+    input_rules = options.pop("input_rules", None)
     manifest = {"buckets": [[b, n] for b in config.batch_sizes for n in config.input_buckets],
                 "max_output_len": config.max_output_len, "target": target}
     blob = json.dumps(manifest).encode()
     return PreparedEngine(
         spec=EngineSpec(target=target, loader="tests.fakes:load_fake_engine", blob=blob,
                         options=options),
-        languages=languages, checkpoint_id="fake-ckpt",
+        languages=languages, checkpoint_id="fake-ckpt", input_rules=input_rules,
         artifacts_hash=hashlib.sha256(blob).hexdigest())
 
 

@@ -61,6 +61,12 @@ def test_transcribe_refuses_unknown_languages_as_run_does_and_uses_the_user_cach
         assert code == 1 and f"language {lang!r} is not one the model knows" in out, out
     code, out = _invoke("transcribe", *common, "--lang", "zho-s", "你好")
     assert code == 0, out
+    (tmp_path / "mine.tsv").write_text("eng-us\thello\thəˈloʊ\n", encoding="utf-8")
+    code, out = _invoke("transcribe", *common, "--lang", "eng-us", "--lexicon", tmp_path / "mine.tsv", "Hello")
+    assert code == 0 and "Hello\thəˈloʊ\t[lexicon]" in out, out          # lowercased as eng-us was trained
+    code, out = _invoke("transcribe", *common, "--lang", "eng-us", "--lexicon", tmp_path / "mine.tsv",
+                        "--keep-case", "Hello")
+    assert code == 0 and "[lexicon]" not in out, out
     assert not (tmp_path / "artifacts").exists()
     assert list((tmp_path / "cache" / "artifacts" / "ck").glob("llvm-out4/manifest.json"))
 

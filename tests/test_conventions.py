@@ -44,8 +44,8 @@ def local_ray():
 def _entries(data_dir, which: str, per_lang: int = 25) -> list[lexicon.Entry]:
     out = []
     for lang in TRAINED_LANGS + [UNTRAINED[which]]:
-        rows = [e for e in lexicon.read_tsv(data_dir / "data" / "test" / f"{lang}.tsv")
-                if len(e.word.encode()) + len(lang) + 4 <= 64]
+        rows = [e for e in lexicon.read_tsv(data_dir / "data" / "test" / f"{lang}.tsv")  # single words
+                if len(e.word.encode()) + len(lang) + 4 <= 64 and not any(c in e.word for c in " -")]
         out += rows[:per_lang]
     return out
 
@@ -82,7 +82,7 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
     cp = checkpoint.load(ck)
     input_eos = which == "default"
     assert cp.prompt() == PromptFormat(input_eos=input_eos)      # from the checkpoint's metadata
-    entries = _entries(data_dir, which)
+    entries = _entries(data_dir, which, per_lang=20)  # 300 words over 15 languages
     want = _reference(cp.path, entries, input_eos)
 
     table = pa.table({"id": list(range(len(entries))), "word": [e.word for e in entries],
@@ -92,7 +92,7 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
     (tmp_path / "job.yaml").write_text(
         f"input: {tmp_path / 'in'}\noutput: {tmp_path / 'out'}\nlang_column: lang\ncheckpoint: {ck}\n"
         f"batch_sizes: [32]\nmax_output_len: {T}\nrows_per_shard: 100\nthreads_per_actor: 1\n"
-        f"artifacts_dir: {art}\nprogress: false\n")
+        f"artifacts_dir: {art}\nkeep_case: true\nprogress: false\n")  # words as the reference reads them
     res = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "job.yaml")])
     assert res.exit_code == 0, res.output
     out = pq.read_table(tmp_path / "out").sort_by("id")
@@ -102,7 +102,7 @@ def test_run_and_transcribe_equal_the_charsiug2p_reference(which, trained_checkp
     # `transcribe`, one language per call, on the same compiled set
     for lang in TRAINED_LANGS[::4]:
         idx = [i for i, e in enumerate(entries) if e.lang == lang]
-        res = CliRunner().invoke(app, ["transcribe", "--lang", lang, "--checkpoint", ck, "--batch-sizes", "32",
+        res = CliRunner().invoke(app, ["transcribe", "--keep-case", "--lang", lang, "--checkpoint", ck, "--batch-sizes", "32",
                                        "--max-output-len", str(T), "--artifacts-dir", str(art),
                                        "--", *[entries[i].word for i in idx]])
         assert res.exit_code == 0, res.output
@@ -134,3 +134,56 @@ def test_the_wrong_input_convention_is_caught(trained_checkpoint, data_dir, art)
     assert [r.phonemes for r in right] == want
     differ = sum(r.phonemes != w for r, w in zip(wrong, want))
     assert differ >= len(entries) // 10, f"only {differ} of {len(entries)} rows differ"
+
+
+def test_n_best_through_run_transcribe_and_the_api(trained_checkpoint, data_dir, tmp_path, local_ray, art):
+    """`--num-beams 4 --n-best 3` on the CharsiuG2P-trained checkpoint: the candidates column,
+    `transcribe` and `G2P` all give generate(num_beams=4, num_return_sequences=3)'s candidates
+    in its order, fed ByT5Tokenizer(add_special_tokens=False) ids; phonemes is the best."""
+    from g2p_batch.api import G2P
+
+    entries = _entries(data_dir, "trained", per_lang=5)[:-5]        # trained languages only
+    ref = Reference(trained_checkpoint, threads=2)
+    want = []
+    for start in range(0, len(entries), 16):
+        texts = [charsiu_text(e.lang, e.word) for e in entries[start:start + 16]]
+        want += [[(decode(t), s) for t, s in row] for row in ref.beams(ref.input_ids(texts), T, 4, 3)]
+    assert len({len(c[0]) for row in want for c in row}) >= 5            # candidates of varied lengths
+
+    def same(got, i):
+        assert [p for p, _ in got] == [p for p, _ in want[i]], (entries[i], got, want[i])
+        assert [s for _, s in got] == pytest.approx([s for _, s in want[i]], abs=2e-4)
+
+    table = pa.table({"id": list(range(len(entries))), "word": [e.word for e in entries],
+                      "lang": [e.lang for e in entries]})
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "words.parquet", row_group_size=40)
+    res = CliRunner().invoke(app, ["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                                   "--lang-column", "lang", "--checkpoint", str(trained_checkpoint),
+                                   "--batch-sizes", "32", "--max-output-len", str(T), "--rows-per-shard", "40",
+                                   "--threads-per-actor", "1", "--artifacts-dir", str(art), "--keep-case",
+                                   "--num-beams", "4", "--n-best", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = pq.read_table(tmp_path / "out").sort_by("id").to_pylist()
+    assert [r["id"] for r in out] == list(range(len(entries)))
+    for i, row in enumerate(out):
+        same([(c["phonemes"], c["score"]) for c in row["candidates"]], i)
+        assert row["phonemes"] == row["candidates"][0]["phonemes"]
+        assert row["score"] == pytest.approx(row["candidates"][0]["score"])
+
+    lang = entries[0].lang
+    idx = [i for i, e in enumerate(entries) if e.lang == lang]
+    res = CliRunner().invoke(app, ["transcribe", "--keep-case", "--lang", lang, "--checkpoint", str(trained_checkpoint),
+                                   "--batch-sizes", "32", "--max-output-len", str(T), "--artifacts-dir", str(art),
+                                   "--num-beams", "4", "--n-best", "3", "--", *[entries[i].word for i in idx]])
+    assert res.exit_code == 0, res.output
+    lines = [line.split("\t") for line in res.output.split("\n") if "\t" in line]
+    assert len(lines) == 3 * len(idx)
+    for k, i in enumerate(idx):
+        assert all(w == entries[i].word for w, _, _ in lines[3 * k:3 * k + 3])
+        same([(p, float(s)) for _, p, s in lines[3 * k:3 * k + 3]], i)
+
+    g2p = G2P.load(str(trained_checkpoint), batch_sizes=[32], max_output_len=T, artifacts_dir=str(art),
+                   keep_case=True, num_beams=4, n_best=3)
+    for i, r in zip(idx, g2p([entries[i].word for i in idx], lang=lang)):
+        same(list(r.candidates), i)

@@ -20,8 +20,8 @@ def _check(make_set, entries, arch, batch, T, eos_shadow=None):
 
 
 def test_tiny8_batch8_matches_transformers(make_set, parity_entries):
-    # 500 words -> 62 full batches and one with 4 all-PAD filler rows
-    _check(make_set, parity_entries, "tiny_8", 8, 16)
+    # 300 words, 12 of each language -> 37 full batches and one with 4 all-PAD filler rows
+    _check(make_set, [e for i, e in enumerate(parity_entries) if i % 5 < 3], "tiny_8", 8, 16)
 
 
 @pytest.mark.slow

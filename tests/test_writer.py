@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from g2p_batch.decode.tokenizer import PromptFormat
 from g2p_batch.decode.transcriber import RowResult
-from g2p_batch.job.actor import ShardSettings, TranscribeActor
+from g2p_batch.job.actor import RowRules, ShardSettings, TranscribeActor
 from g2p_batch.job.config import JobConfig
 from g2p_batch.job.planner import plan_shards
 from g2p_batch.job.writer import (
@@ -68,7 +68,7 @@ def test_actor_process_in_process(tmp_path):
     path = write(lexicon(30, seed=3), tmp_path / "in" / "w.parquet", 10)
     config = JobConfig(input=str(path), output=str(tmp_path / "out"), lang_column="lang")
     prepared = prepare_fake_engine(config, "llvm")
-    actor = TranscribeActor(prepared.spec, None, PromptFormat(), set(LANGS), "cpu-0")
+    actor = TranscribeActor(prepared.spec, None, RowRules(PromptFormat(), frozenset(LANGS)), "cpu-0")
     shard = plan_shards(str(path), "word", "lang", 10).shards[1]
     settings = ShardSettings(config.output, "word", "lang", None)
     result = actor.process(shard, settings)

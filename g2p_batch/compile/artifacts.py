@@ -111,8 +111,9 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
         if diffs:
             raise ArtifactError(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
                                 + f"\nremove {out} to rebuild, or pass another --artifacts-dir")
-        if (manifest.get("prompt"), manifest.get("trained_languages")) != (prompt, cp.trained_languages):
-            manifest.update(prompt=prompt, trained_languages=cp.trained_languages)  # its metadata changed
+        declared = dict(prompt=prompt, trained_languages=cp.trained_languages, input_rules=cp.input_rules)
+        if any(manifest.get(k) != v for k, v in declared.items()):
+            manifest.update(declared)  # the checkpoint's metadata changed
             _write_json(manifest_path, manifest)
         if manifest["checkpoint"]["weights_sha256"] != identity["weights_sha256"]:
             log.warning("%s has other weights (sha256 %s..., artifacts had %s...): packing its params in %s",
@@ -121,7 +122,9 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
             manifest["params"] = _write_params(cp, shape, target, out)
             _write_json(manifest_path, manifest)
         _warn_if_stale(manifest, out, source)
-        have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]}
+        # a bucket built before beam search existed lacks step_logits: built again
+        have = {Bucket(b["batch"], b["input_len"]) for b in manifest["buckets"]
+                if "step_logits" in b.get("functions", ())}
         todo = [b for b in config.buckets() if b not in have]
         if not todo:
             return out
@@ -133,7 +136,7 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
             "format": FORMAT, "checkpoint": identity, "tvm_version": tvm.__version__, "target": target,
             "kernel_target": targets.kind(target), "shape": shape.to_dict(), "max_output_len": T,
             "max_input_bytes": config.max_input_bytes, "prompt": prompt,
-            "trained_languages": cp.trained_languages,
+            "trained_languages": cp.trained_languages, "input_rules": cp.input_rules,
             "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
             "params": _write_params(cp, shape, target, out), "languages": model_languages(), "buckets": [],
         }
@@ -147,6 +150,7 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()
         built = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
+        manifest["buckets"] = [e for e in manifest["buckets"] if (e["batch"], e["input_len"]) != (b.batch, b.input_len)]
         manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
                                     "sha256": storage.sha256_of(out / rel), **built,
                                     "compile_seconds": round(time.perf_counter() - t0, 2),

@@ -58,7 +58,7 @@ def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path:
     ex.export_library(str(tmp))                                  # the linker writes a path, not bytes
     tmp.replace(out_path)
     log.info("b%d_in%d_out%d: exported %s (%.1fs)", B, L, T, out_path.name, time.perf_counter() - t0)
-    entry = {"functions": ["encode"] + [step_function_name(T, w) for w in step_windows(T)]}
+    entry = {"functions": ["encode"] + [step_function_name(T, w) for w in step_windows(T)] + ["step_logits"]}
     if targets.kind(target) == "gpu":
         device = build_fatbin(cuda_source(ex.mod), out_path.parent / "kernels.fatbin")
         if device is None:

@@ -26,4 +26,5 @@ def prepare_tvm_engine(config, target: str) -> PreparedEngine:
     return PreparedEngine(
         spec=EngineSpec(target=target, blob=blob), languages=manifest.get("languages") or None,
         checkpoint_id=manifest["checkpoint"]["weights_sha256"], artifacts_hash=manifest_hash(manifest),
-        prompt=cp.prompt(config.space_after_colon, config.input_eos), trained_languages=cp.trained_languages)
+        prompt=cp.prompt(config.space_after_colon, config.input_eos), trained_languages=cp.trained_languages,
+        input_rules=cp.input_rules)

@@ -6,6 +6,8 @@
 - `step(tokens, pos, k_cache, v_cache, cross_k, cross_v, mask)`: one new token per row through
   the decoder; the self-attention cache is written in place at `pos`, nothing is recomputed.
   It returns the greedy next id and its log-probability, so only ids cross to the host.
+- `step_logits(...)`: the same step returning the logits [B, V] instead, for beam search, which
+  needs every id's score (the runtime keeps K beams per word as K rows of the batch).
 
 Weights are function parameters (after the inputs, in `param_specs` order), so one params file
 serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket
@@ -130,10 +132,12 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
 
     for window in step_windows(T):
         _emit_step(bb, kb, s, specs["step"], B, L, T, window, tgt)
+    _emit_step(bb, kb, s, specs["step"], B, L, T, T, tgt, logits=True)
     return bb.get(), specs
 
 
-def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.KernelTarget) -> None:
+def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.KernelTarget,
+               logits: bool = False) -> None:
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
     tokens = relax.Var("tokens", relax.TensorType((B,), "int32"))
     pos = relax.Var("pos", relax.TensorType((1,), "int32"))
@@ -144,7 +148,8 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
     cv = relax.Var("cross_v", relax.TensorType((Ld, B, H, L, dk), "float32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
     p = _params(spec)
-    with bb.function(step_function_name(T, W), [tokens, pos, kc, vc, ck, cv, mask] + p):
+    name = "step_logits" if logits else step_function_name(T, W)
+    with bb.function(name, [tokens, pos, kc, vc, ck, cv, mask] + p):
         with bb.dataflow():
             P = dict(zip((n for n, _ in spec), p))
             x = kb.call(f"embed_{B}", lambda: K.embed(B, s.vocab, D, tgt), [tokens, P["shared"]], (B, D))
@@ -170,8 +175,11 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
                 x = kb.ff(s, h, x, P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
             scale = D ** -0.5 if s.scale_output else 1.0
             h = kb.rms(x, P["dec_final_ln"], B, D, s.eps, scale)
-            logits = kb.dense(h, P["lm_head"], B, D, s.vocab)
-            nxt, logp = kb.call(f"greedy_{B}x{s.vocab}", lambda: K.greedy_head(B, s.vocab, tgt), [logits],
-                                [((B,), "int32"), ((B,), "float32")])
-            out = bb.emit_output(relax.Tuple([nxt, logp, k_now, v_now]))
+            scores = kb.dense(h, P["lm_head"], B, D, s.vocab)
+            if logits:
+                out = bb.emit_output(relax.Tuple([scores, k_now, v_now]))
+            else:
+                nxt, logp = kb.call(f"greedy_{B}x{s.vocab}", lambda: K.greedy_head(B, s.vocab, tgt), [scores],
+                                    [((B,), "int32"), ((B,), "float32")])
+                out = bb.emit_output(relax.Tuple([nxt, logp, k_now, v_now]))
         bb.emit_func_output(out)

@@ -20,7 +20,7 @@ from ..errors import InputError
 from .engine import Bucket, fit_bucket
 from .tokenizer import InputTooLong, PromptFormat, encode
 
-__all__ = ["BatchPlan", "Item", "PlannedBatch", "choose_batch_sizes", "plan_batches",
+__all__ = ["BatchPlan", "Item", "PlannedBatch", "choose_batch_sizes", "junk", "plan_batches",
            "validate_row"]
 
 
@@ -66,9 +66,9 @@ def validate_row(row: int, lang, word, known_langs: set[str] | None, fmt: Prompt
         raise RowError(f"row {row}: word is empty; fill it in or drop the row")
     if not word.strip():
         raise RowError(f"row {row}: word {word!r} is only whitespace; fill it in or drop the row")
-    junk = _junk(word)
-    if junk:
-        raise RowError(f"row {row}: word {word!r} {junk}")
+    reason = junk(word)
+    if reason:
+        raise RowError(f"row {row}: word {word!r} {reason}")
     if lang is None:
         raise RowError(f"row {row}: language code is null; give the row a language code")
     if known_langs is not None and lang not in known_langs:
@@ -87,7 +87,7 @@ def validate_row(row: int, lang, word, known_langs: set[str] | None, fmt: Prompt
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _junk(word: str) -> str | None:
+def junk(word: str) -> str | None:
     """Why a word is not a word (so the model would invent IPA for it), or None."""
     for ch in word:
         if unicodedata.category(ch) == "Cc":
@@ -102,10 +102,10 @@ def _junk(word: str) -> str | None:
 
 def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
                  fmt: PromptFormat = PromptFormat(), known_langs: set[str] | None = None,
-                 first_row: int = 0, *, call_cost_rows: float) -> BatchPlan:
-    """Validate, dedupe, sort by length, cut into compiled shapes. `first_row` only numbers
-    the rows in messages (their index in the source file); `call_cost_rows` prices the last
-    group's tail (`choose_batch_sizes`)."""
+                 first_row: int = 0, *, call_cost_rows: float, row_numbers: Sequence[int] | None = None) -> BatchPlan:
+    """Validate, dedupe, sort by length, cut into compiled shapes. `first_row` (or one number
+    per word, `row_numbers`) only numbers the rows in messages (their index in the source
+    file); `call_cost_rows` prices the last group's tail (`choose_batch_sizes`)."""
     if len(langs) != len(words):
         raise ValueError(f"{len(langs)} languages for {len(words)} words")
     if not buckets:
@@ -124,7 +124,8 @@ def plan_batches(langs: Sequence, words: Sequence, buckets: Sequence[Bucket],
         found = index.get(key) if isinstance(word, str) and isinstance(lang, str) else None
         if found is None:
             try:
-                ids = validate_row(first_row + pos, lang, word, known_langs, fmt, lens[-1])
+                row = row_numbers[pos] if row_numbers is not None else first_row + pos
+                ids = validate_row(row, lang, word, known_langs, fmt, lens[-1])
             except RowError as exc:
                 errors[pos] = str(exc)
                 row_items.append(None)

@@ -17,7 +17,8 @@ from .tokenizer import EOS, PAD, PromptFormat
 
 __all__ = [
     "CALL_COST_ROWS", "DEFAULT_BATCH_SIZES", "Bucket", "DecodeOutput", "Engine", "EngineSpec",
-    "PreparedEngine", "build_engine", "default_input_lengths", "fit_bucket", "greedy_output", "import_object",
+    "PreparedEngine", "beam_output", "build_engine", "default_input_lengths", "fit_bucket", "greedy_output",
+    "import_object",
     "repeating_rows",
 ]
 
@@ -70,6 +71,7 @@ class DecodeOutput:
     truncated: np.ndarray  # [B] bool: stopped without emitting EOS (at max_output_len or a loop)
     steps: int = 0         # decoder steps actually run (early exit when all rows ended)
     looped: np.ndarray | None = None  # [B] bool: stopped early because its output repeats
+    candidates: list | None = None    # beam search: per row, its n-best `beam.Candidate`s, best first
 
 
 # A row whose last ids repeat one short pattern is the model looping (`ˈɾɾɾˈɾɾɾ...`): it is
@@ -122,6 +124,23 @@ def greedy_output(raw_ids: np.ndarray, raw_logp: np.ndarray, filler: np.ndarray,
                         steps=steps, looped=looped)
 
 
+def beam_output(candidates: list, max_len: int, steps: int) -> DecodeOutput:
+    """The rows' best candidates as a DecodeOutput (score: the candidate's length-normalised
+    log-probability, which at length_penalty 1 is greedy's mean), all of them in `candidates`."""
+    B = len(candidates)
+    tokens = np.full((B, max_len), PAD, np.int32)
+    lengths = np.zeros(B, np.int32)
+    scores = np.zeros(B, np.float32)
+    truncated = np.zeros(B, bool)
+    for r, row in enumerate(candidates):
+        if row:
+            best = row[0]
+            tokens[r, :len(best.tokens)] = best.tokens
+            lengths[r], scores[r], truncated[r] = len(best.tokens), best.score, best.truncated
+    return DecodeOutput(tokens=tokens, lengths=lengths, scores=scores, truncated=truncated, steps=steps,
+                        looped=np.zeros(B, bool), candidates=candidates)
+
+
 class Engine(Protocol):
     """A loaded model: `decode` takes input ids shaped exactly like one of `buckets`."""
 
@@ -157,6 +176,7 @@ class PreparedEngine:
     artifacts_hash: str | None       # sha256 of the artifact manifest: which compile ran
     prompt: PromptFormat = field(default_factory=PromptFormat)  # how words become input ids
     trained_languages: list[str] | None = None  # None: unknown (every known language trusted)
+    input_rules: dict | None = None  # per language: lowercase, hyphens, spaces (decode.rules)
 
 
 def build_engine(spec: EngineSpec) -> Engine:

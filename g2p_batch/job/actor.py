@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from ..decode.engine import EngineSpec, build_engine
+from ..decode.metrics import matches, word_scores
+from ..decode.rules import InputRules
 from ..decode.tokenizer import PromptFormat
 from ..decode.transcriber import Transcriber
 from ..errors import InputError, ShardInputError
+from .lexicon import entries
 from .planner import Shard, open_parquet
 from .writer import output_table, write_shard
 
-__all__ = ["ShardResult", "ShardSettings", "TranscribeActor", "read_shard"]
+__all__ = ["RowRules", "ShardResult", "ShardSettings", "TranscribeActor", "read_shard"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class ShardSettings:
     word_column: str
     lang_column: str | None
     lang: str | None
+    reference_column: str | None = None   # check mode
+    worst_rows: int = 10
 
 
 @dataclass
@@ -48,6 +53,7 @@ class ShardResult:
     actor: str
     node: str | None
     languages: dict[str, dict[str, int]] = field(default_factory=dict)  # lang -> status -> rows
+    check: dict[str, dict] = field(default_factory=dict)  # check mode: lang -> n, per_sum, wrong, worst
 
 
 class _Metrics:
@@ -84,15 +90,34 @@ class _Metrics:
         self.decode.observe(result.timings.get("decode", 0.0), tags=self.tags)
 
 
+@dataclass(frozen=True)
+class RowRules:
+    """How every actor of a job turns rows into results, beside the engine itself."""
+
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    known_langs: frozenset | None = None
+    trained_langs: frozenset | None = None
+    stop_loops: bool = True
+    input_rules: dict | None = None     # per language, `decode.rules.LanguageRules` fields
+    keep_case: bool = False
+    num_beams: int = 1                  # > 1: beam search, n_best candidates per row
+    n_best: int = 1
+
+
 class TranscribeActor:
-    def __init__(self, spec: EngineSpec, blob, fmt: PromptFormat, known_langs: set[str] | None,
-                 label: str = "actor", trained_langs: set[str] | None = None, stop_loops: bool = True):
-        # `blob` arrives as its own argument so Ray resolves the object-store reference here
+    def __init__(self, spec: EngineSpec, blob, rules: RowRules = RowRules(), label: str = "actor",
+                 lexicon: pa.Table | None = None):
+        # `blob` and `lexicon` arrive as arguments of their own so Ray resolves their object-store
+        # references here: the lexicon is read once per actor, not per shard
         if blob is not None:
             spec = spec.with_(blob=blob)
         self.label = label
         self.target = spec.target
-        self.transcriber = Transcriber(build_engine(spec), fmt, known_langs, trained_langs, stop_loops)
+        input_rules = InputRules.from_dict(rules.input_rules, rules.keep_case)
+        if lexicon is not None:
+            input_rules.with_lexicon(entries(lexicon))
+        self.transcriber = Transcriber(build_engine(spec), rules.fmt, rules.known_langs, rules.trained_langs,
+                                       rules.stop_loops, input_rules, rules.num_beams, rules.n_best)
         self.metrics = _Metrics(label)
 
     def ready(self) -> dict:
@@ -113,7 +138,11 @@ class TranscribeActor:
         results = self.transcriber.transcribe(langs, words, first_row=shard.first_row)
 
         t_write = time.perf_counter()
-        out = output_table(table, results)
+        checks, check = None, {}
+        if settings.reference_column:
+            refs = table.column(settings.reference_column).to_pylist()
+            checks, check = check_rows(shard, langs, words, refs, results, settings.worst_rows)
+        out = output_table(table, results, checks, self.transcriber.num_beams > 1)
         sha, size = write_shard(out, settings.output, shard.name)
         end = time.perf_counter()
 
@@ -127,10 +156,32 @@ class TranscribeActor:
             size_bytes=size, statuses=dict(Counter(r.status for r in results)),
             unique_words=self.transcriber.decoded_items - items_before, timings=timings,
             seconds=end - start, actor=self.label, node=_node_id(),
-            languages={k: dict(v) for k, v in languages.items()})
+            languages={k: dict(v) for k, v in languages.items()}, check=check)
         self.metrics.record(result, self.transcriber.batch_fill[fills_before:])
         del self.transcriber.batch_fill[:]
         return result
+
+
+def check_rows(shard: Shard, langs, words, refs, results, worst: int):
+    """Check mode: each transcribed row with a reference gets (PER, matches a variant), as
+    `verify` scores; per language the sums and the `worst` rows by PER (likely dictionary or
+    model errors)."""
+    checks, by_lang = [], {}
+    for pos, (lang, word, ref, r) in enumerate(zip(langs, words, refs, results)):
+        if not ref or not ref.strip() or r.phonemes is None or r.status == "error":
+            checks.append(None)
+            continue
+        per, wrong = word_scores(r.phonemes, ref)
+        checks.append((per, matches(r.phonemes, ref)))
+        s = by_lang.setdefault(str(lang), {"n": 0, "per_sum": 0.0, "wrong": 0, "worst": []})
+        s["n"] += 1
+        s["per_sum"] += per
+        s["wrong"] += int(wrong)
+        s["worst"].append({"row": shard.first_row + pos, "source": shard.source, "word": word, "reference": ref,
+                           "phonemes": r.phonemes, "status": r.status, "per": per})
+    for s in by_lang.values():
+        s["worst"] = sorted(s["worst"], key=lambda w: -w["per"])[:worst]
+    return checks, by_lang
 
 
 def read_shard(shard: Shard) -> pa.Table:

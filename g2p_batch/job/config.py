@@ -48,6 +48,12 @@ class JobConfig:
     space_after_colon: bool | None = setting(None, help="'<lang>: word' (default: as the checkpoint declares)")
     input_eos: bool | None = setting(None, help="end the input with EOS (default: as the checkpoint declares, else no, as CharsiuG2P)")
     stop_loops: bool = setting(True, help="stop a row whose output repeats (status truncated)")
+    keep_case: bool = setting(False, help="feed words in their own case, not lowercased where the training words were all lowercase")
+    num_beams: int = setting(1, help="beam search over this many hypotheses per word (1: greedy, the fastest)")
+    n_best: int = setting(1, help="with num_beams > 1: candidates kept per word in a candidates column (<= num_beams)")
+    lexicon: str | list[str] | None = setting(None, help="lexicon file(s) whose entries win over the model: TSV lang<TAB>word<TAB>pron or Parquet (lang, word, pron), paths or URIs")
+    reference_column: str | None = setting(None, help="check mode: a column of reference pronunciations; adds per and match columns and PER/WER to the report")
+    worst_rows: int = setting(10, help="check mode: rows with the largest disagreement kept per language in the report")
     artifacts_dir: str | None = setting(None, help="root of compiled artifact sets (default: the user cache)")
     engine: str = setting("g2p_batch.compile.prepare:prepare_tvm_engine",
                           help="'module:function' preparing each target's engine on the driver")
@@ -73,13 +79,29 @@ class JobConfig:
             raise ConfigError(f"target {self.target!r} is not one of {list(TARGETS)}")
         self.batch_sizes = int_list("batch_sizes", self.batch_sizes)
         self.input_buckets = int_list("input_buckets", self.input_buckets)
+        if isinstance(self.lexicon, str):
+            self.lexicon = [x.strip() for x in self.lexicon.split(",") if x.strip()] or None
+        if self.lexicon is not None and not (isinstance(self.lexicon, list) and all(isinstance(x, str) for x in self.lexicon)):
+            raise ConfigError(f"lexicon must be a path or URI, or a list of them; got {self.lexicon!r}")
+        if self.reference_column is not None and self.reference_column in (self.word_column, self.lang_column):
+            raise ConfigError(f"reference_column {self.reference_column!r} is also the word or language column; "
+                              "point it at the column of reference pronunciations")
+        check_int("worst_rows", self.worst_rows, minimum=0)
+        check_int("num_beams", self.num_beams, minimum=1)
+        check_int("n_best", self.n_best, minimum=1)
+        if self.n_best > self.num_beams:
+            raise ConfigError(f"n_best={self.n_best} is over num_beams={self.num_beams}: beam search keeps at most "
+                              "num_beams candidates; raise num_beams")
+        if self.num_beams > 1 and not any(b % self.num_beams == 0 and b >= self.num_beams for b in self.batch_sizes):
+            raise ConfigError(f"num_beams={self.num_beams} fits none of batch_sizes {self.batch_sizes}: a compiled "
+                              "batch holds whole words' beams, so add a batch size that is a multiple of num_beams")
         for key in ("max_output_len", "rows_per_shard", "threads_per_actor"):
             check_int(key, getattr(self, key), minimum=1)
         check_int("max_retries", self.max_retries, minimum=0)
         for key in ("num_cpu_actors", "num_gpu_actors"):
             if getattr(self, key) is not None:
                 check_int(key, getattr(self, key), minimum=0)
-        for key in ("overwrite", "space_after_colon", "input_eos", "stop_loops", "progress"):
+        for key in ("overwrite", "space_after_colon", "input_eos", "stop_loops", "keep_case", "progress"):
             value = getattr(self, key)
             if not isinstance(value, bool) and not (value is None and key in ("space_after_colon", "input_eos")):
                 raise ConfigError(f"{key} must be true or false, got {value!r}")
@@ -97,6 +119,9 @@ class JobConfig:
         if self.known_langs is not None and not isinstance(self.known_langs, (str, list)):
             raise ConfigError("known_langs must be a path to a file of codes, a list of codes, "
                               f"or null for the model's list; got {self.known_langs!r}")
+
+    def lexicon_files(self) -> list[str]:
+        return list(self.lexicon or [])
 
     def known_lang_set(self, model_langs: list[str] | None) -> set[str]:
         """The codes rows may use: the configured ones, else the model's, else CharsiuG2P's list."""

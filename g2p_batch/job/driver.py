@@ -18,15 +18,24 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .. import storage
 from ..decode.engine import PreparedEngine, import_object
-from ..errors import ConfigError, JobFailed, ShardInputError
-from .actor import ShardResult, ShardSettings, TranscribeActor
+from ..errors import ConfigError, InputError, JobFailed, ShardInputError
+from .actor import RowRules, ShardResult, ShardSettings, TranscribeActor
 from .config import ActorGroup, JobConfig, resolve_actor_groups
+from .lexicon import read_lexicons
 from .planner import Plan, Shard, open_parquet, plan_shards, resolve_sources
-from .writer import REPORT, Manifest, output_table, write_json, write_shard
+from .writer import (
+    CHECK_COLUMNS,
+    REPORT,
+    Manifest,
+    output_table,
+    write_json,
+    write_shard,
+)
 
 __all__ = ["JobReport", "run_job"]
 
@@ -36,7 +45,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STAGES = ("read", "tokenize", "encode", "decode", "write")
 # settings that change what lands in the output: a resume under other values would mix results
 OUTPUT_SETTINGS = ("input", "word_column", "lang_column", "lang", "checkpoint", "max_output_len",
-                   "space_after_colon", "input_eos", "stop_loops", "known_langs", "rows_per_shard")
+                   "space_after_colon", "input_eos", "stop_loops", "keep_case", "lexicon", "reference_column", "num_beams", "n_best",
+                   "known_langs", "rows_per_shard")
 
 
 @dataclass
@@ -48,6 +58,7 @@ class JobReport:
     failed: list[dict] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)   # every committed row by status, all runs
     languages: dict[str, dict[str, int]] = field(default_factory=dict)  # the same, per language
+    check: dict = field(default_factory=dict)  # check mode: PER/WER per language and overall, worst rows
     run_rows: dict[str, int] = field(default_factory=dict)  # this run's rows by status
     skipped_files: list[dict] = field(default_factory=list)  # input files that are not Parquet
     actors: dict[str, dict] = field(default_factory=dict)
@@ -110,7 +121,12 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
     """
     t0 = time.perf_counter()
     _check_locations(config)
-    plan = plan_shards(config.input, config.word_column, config.lang_column, config.rows_per_shard)
+    plan = plan_shards(config.input, config.word_column, config.lang_column, config.rows_per_shard,
+                       (tuple(CHECK_COLUMNS) if config.reference_column else ()) +
+                       (("candidates",) if config.num_beams > 1 else ()))
+    if config.reference_column:
+        _check_reference_column(config, plan)
+    lexicon = read_lexicons(config.lexicon_files()) if config.lexicon else None
     try:
         storage.check_writable(config.output)
     except OSError as exc:
@@ -125,12 +141,14 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
     if work:
         factory = engine_factory or config.engine
         factory = import_object(factory) if isinstance(factory, str) else factory
-        _dispatch(config, factory, manifest, work, report, t0)
+        _dispatch(config, factory, manifest, work, report, t0, lexicon)
     for shard in todo:
         if not shard.num_rows:
             _write_empty(config, manifest, shard, report)
     manifest.drop_stale()
     report.rows, report.languages = manifest.totals(), manifest.totals_by_language()
+    if config.reference_column:
+        report.check = manifest.check_summary(config.worst_rows)
     report.wall_s = time.perf_counter() - t0
     if manifest.replaces is None:   # else an earlier run's results are still the output
         write_json(config.output, REPORT, report.to_dict())
@@ -142,14 +160,14 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
 def _write_empty(config: JobConfig, manifest: Manifest, shard: Shard, report: JobReport) -> None:
     """An empty input file: a schema-only output file, written here (no actor, no engine)."""
     schema = open_parquet(shard.source).schema_arrow
-    table = output_table(schema.empty_table(), [])
+    table = output_table(schema.empty_table(), [], [] if config.reference_column else None, config.num_beams > 1)
     sha, _ = write_shard(table, config.output, shard.name)
     manifest.commit(shard, 0, sha, "driver", {})
     report.shards_committed += 1
 
 
 def _dispatch(config: JobConfig, factory, manifest: Manifest, todo: list[Shard],
-              report: JobReport, t0: float) -> None:
+              report: JobReport, t0: float, lexicon=None) -> None:
     """Start Ray and the actors, run every shard in `todo`, fill in the report."""
     import ray
 
@@ -171,7 +189,7 @@ def _dispatch(config: JobConfig, factory, manifest: Manifest, todo: list[Shard],
         for g in groups:
             log.info("g2p-batch: %d %s actor(s), %s CPU + %s GPU each, %d thread(s)",
                      g.count, g.target, g.num_cpus, g.num_gpus, g.threads)
-        pool = _Pool(config, groups, prepared, known, manifest, report)
+        pool = _Pool(config, groups, prepared, known, manifest, report, lexicon)
         t1 = time.perf_counter()
         report.setup_s = t1 - t0
         pool.run(todo)
@@ -200,20 +218,22 @@ class _Pool:
 
     def __init__(self, config: JobConfig, groups: list[ActorGroup],
                  prepared: dict[str, PreparedEngine], known: set[str], manifest: Manifest,
-                 report: JobReport):
+                 report: JobReport, lexicon=None):
         import ray
 
         self.config, self.manifest, self.report = config, manifest, report
         self.remote = ray.remote(TranscribeActor)
         first = next(iter(prepared.values()))
-        self.fmt, self.known = first.prompt, known
-        self.trained = set(first.trained_languages) if first.trained_languages else None
+        self.rules = RowRules(first.prompt, frozenset(known), frozenset(first.trained_languages or ()) or None,
+                              config.stop_loops, first.input_rules, config.keep_case, config.num_beams,
+                              config.n_best)
+        self.lexicon = ray.put(lexicon) if lexicon is not None else None  # once: actors share it
         # artifacts go into the object store once per target; every actor gets a reference
         self.blobs = {t: ray.put(p.spec.blob) for t, p in prepared.items()}
         self.specs = {g.target: prepared[g.target].spec.with_(blob=None, threads=g.threads)
                       for g in groups}
         self.settings = ShardSettings(config.output, config.word_column, config.lang_column,
-                                      config.lang)
+                                      config.lang, config.reference_column, config.worst_rows)
         self.slots = [_Slot(g, i) for g in groups for i in range(g.count)]
         self.inflight: dict[Any, tuple[_Slot, Shard | None]] = {}
         self.pending: deque[Shard] = deque()
@@ -279,8 +299,7 @@ class _Pool:
         slot.actor = self.remote.options(
             num_cpus=g.num_cpus, num_gpus=g.num_gpus, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": g.env_vars},
-        ).remote(self.specs[g.target], self.blobs[g.target], self.fmt, self.known, slot.label,
-                 self.trained, self.config.stop_loops)
+        ).remote(self.specs[g.target], self.blobs[g.target], self.rules, slot.label, self.lexicon)
         self.inflight[slot.actor.ready.remote()] = (slot, None)
         slot.state = "starting"
 
@@ -288,7 +307,8 @@ class _Pool:
         if result.shard_id != shard.id or result.rows_out != shard.num_rows:
             raise RuntimeError(f"actor {slot.label} wrote {result.rows_out} rows for shard "
                                f"{result.shard_id}, expected {shard.num_rows} for {shard.id}")
-        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor, result.statuses, result.languages)
+        self.manifest.commit(shard, result.rows_out, result.sha256, result.actor, result.statuses, result.languages,
+                             result.check)
         self.report.add(result, slot.group.target)
         self.bar.update(result.rows_in, shards=1)
 
@@ -489,6 +509,19 @@ def _remove_orphan_tmp(fs: pafs.FileSystem, base: str) -> None:
         if info.type == pafs.FileType.File and info.base_name.startswith(".") \
                 and ".tmp-" in info.base_name:
             fs.delete_file(info.path)
+
+
+def _check_reference_column(config: JobConfig, plan: Plan) -> None:
+    """Check mode needs its column in every input file, as a string column."""
+    for source in plan.files:
+        schema = open_parquet(source).schema_arrow
+        if config.reference_column not in schema.names:
+            raise InputError(f"{source}: has no column {config.reference_column!r} (columns: {schema.names}); "
+                             "set reference_column to the column of reference pronunciations")
+        if not pa.types.is_string(schema.field(config.reference_column).type) and \
+                not pa.types.is_large_string(schema.field(config.reference_column).type):
+            raise InputError(f"{source}: column {config.reference_column!r} is "
+                             f"{schema.field(config.reference_column).type}, not a string column")
 
 
 def _check_locations(config: JobConfig) -> None:

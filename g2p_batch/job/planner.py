@@ -74,7 +74,7 @@ class Plan:
 
 
 def plan_shards(input: str, word_column: str, lang_column: str | None,
-                rows_per_shard: int) -> Plan:
+                rows_per_shard: int, added: tuple[str, ...] = ()) -> Plan:
     """Shards of at most `rows_per_shard` rows.
 
     Every file's footer is read and checked first; all problems are reported together. A file
@@ -94,7 +94,7 @@ def plan_shards(input: str, word_column: str, lang_column: str | None,
                 problems.append(str(exc))
             continue
         try:
-            check_schema(source, pf.schema_arrow, word_column, lang_column)
+            check_schema(source, pf.schema_arrow, word_column, lang_column, added)
         except InputError as exc:
             problems.append(str(exc))
             continue
@@ -153,7 +153,7 @@ def open_parquet(source: str) -> pq.ParquetFile:
 
 
 def check_schema(source: str, schema: pa.Schema, word_column: str,
-                 lang_column: str | None) -> None:
+                 lang_column: str | None, added: tuple[str, ...] = ()) -> None:
     for key, column in (("word_column", word_column), ("lang_column", lang_column)):
         if column is None:
             continue
@@ -166,7 +166,7 @@ def check_schema(source: str, schema: pa.Schema, word_column: str,
         if not _is_string(typ):
             raise InputError(f"{source}: column {column!r} is {typ}, not a string column; "
                              "write it as string (or large_string, dictionary<string>)")
-    clash = [c for c in OUTPUT_COLUMNS if c in schema.names]
+    clash = [c for c in [*OUTPUT_COLUMNS, *added] if c in schema.names]
     if clash:
         raise InputError(f"{source}: has columns {clash} that the output adds; rename or drop "
                          "them in the input")

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from .. import storage
 
 __all__ = [
-    "MANIFEST", "OUTPUT_COLUMNS", "REPORT", "Manifest", "output_table", "write_json",
+    "CHECK_COLUMNS", "MANIFEST", "OUTPUT_COLUMNS", "REPORT", "Manifest", "output_table", "write_json",
     "write_shard",
 ]
 
@@ -31,8 +31,16 @@ OUTPUT_COLUMNS = {"phonemes": pa.string(), "status": pa.string(), "error": pa.st
                   "score": pa.float32()}
 
 
-def output_table(table: pa.Table, results) -> pa.Table:
-    """`table` with the transcription columns appended; `results` are RowResults in row order."""
+CHECK_COLUMNS = {"per": pa.float32(), "match": pa.bool_()}  # check mode (reference_column)
+# beam search: (phonemes, score) best first; phonemes is candidates[0]
+CANDIDATES = pa.list_(pa.struct([("phonemes", pa.string()), ("score", pa.float32())]))
+
+
+def output_table(table: pa.Table, results, checks: list[tuple[float, bool] | None] | None = None,
+                 candidates: bool = False) -> pa.Table:
+    """`table` with the transcription columns appended; `results` are RowResults in row order;
+    `checks` (check mode): per row (PER, matches a variant), or None where it was not checked;
+    `candidates` (beam search): the n-best column, on every shard of such a job alike."""
     if len(results) != table.num_rows:
         raise ValueError(f"{len(results)} results for {table.num_rows} rows")
     columns = {
@@ -41,7 +49,15 @@ def output_table(table: pa.Table, results) -> pa.Table:
         "error": [r.error for r in results],
         "score": [r.score for r in results],
     }
-    for name, typ in OUTPUT_COLUMNS.items():
+    extra = {**(CHECK_COLUMNS if checks is not None else {})}
+    if candidates:
+        columns["candidates"] = [None if r.candidates is None else
+                                 [{"phonemes": p, "score": s} for p, s in r.candidates] for r in results]
+        extra["candidates"] = CANDIDATES
+    if checks is not None:
+        columns["per"] = [c[0] if c else None for c in checks]
+        columns["match"] = [c[1] if c else None for c in checks]
+    for name, typ in {**OUTPUT_COLUMNS, **extra}.items():
         table = table.append_column(pa.field(name, typ), pa.array(columns[name], type=typ))
     return table
 
@@ -103,13 +119,15 @@ class Manifest:
         return storage.file_sha256(fs, storage.join(base, entry["file"])) == entry["sha256"]
 
     def commit(self, shard, rows_out: int, sha256: str, actor: str, statuses: dict[str, int],
-               languages: dict[str, dict[str, int]] | None = None) -> None:
+               languages: dict[str, dict[str, int]] | None = None, check: dict | None = None) -> None:
         self.shards[shard.id] = {
             "file": shard.name, "source": shard.source, "first_row": shard.first_row,
             "rows_in": shard.num_rows, "rows_out": rows_out, "sha256": sha256,
             "statuses": dict(statuses), "languages": languages or {}, "actor": actor,
             "committed_at": time.time(),
         }
+        if check:
+            self.shards[shard.id]["check"] = check
         if self.replaces is not None:
             self._remove_replaced()
         self.save()
@@ -131,6 +149,26 @@ class Manifest:
                 for status, n in statuses.items():
                     mine[status] = mine.get(status, 0) + n
         return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+    def check_summary(self, worst: int) -> dict:
+        """Check mode over every committed shard: PER and WER per language (as CharsiuG2P
+        reports them), their mean over languages, and the `worst` rows of each language."""
+        langs: dict[str, dict] = {}
+        for entry in self.shards.values():
+            for lang, s in entry.get("check", {}).items():
+                t = langs.setdefault(lang, {"n": 0, "per_sum": 0.0, "wrong": 0, "worst": []})
+                t["n"] += s["n"]
+                t["per_sum"] += s["per_sum"]
+                t["wrong"] += s["wrong"]
+                t["worst"] += s["worst"]
+        out = {lang: {"rows": t["n"], "per": t["per_sum"] / t["n"], "wer": t["wrong"] / t["n"],
+                      "worst": sorted(t["worst"], key=lambda w: -w["per"])[:worst]}
+               for lang, t in sorted(langs.items()) if t["n"]}
+        overall = {"languages": len(out), "rows": sum(v["rows"] for v in out.values())}
+        if out:
+            overall.update(per=sum(v["per"] for v in out.values()) / len(out),
+                           wer=sum(v["wer"] for v in out.values()) / len(out))
+        return {"overall": overall, "languages": out}
 
     def save(self) -> None:
         if self.replaces is not None:    # the earlier run's manifest is still the commit point

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
+from ..decode.rules import charsiu_rules
 from ..decode.tokenizer import PromptFormat
 from ..errors import CheckpointError
 
@@ -37,6 +38,12 @@ class Checkpoint:
     def prompt(self, space_after_colon: bool | None = None, input_eos: bool | None = None) -> PromptFormat:
         """Explicit settings win, then the checkpoint's own metadata, then CharsiuG2P's convention."""
         return PromptFormat.from_dict(self.metadata.get("prompt", {})).override(space_after_colon, input_eos)
+
+    @property
+    def input_rules(self) -> dict:
+        """Per language, what its training words looked like (`decode.rules`): the metadata's,
+        else the CharsiuG2P training split's, which the released checkpoints learned from."""
+        return self.metadata.get("input_rules") or charsiu_rules()
 
     @property
     def trained_languages(self) -> list[str] | None:
@@ -129,11 +136,14 @@ def read_metadata(path: Path) -> dict:
     return meta
 
 
-def write_metadata(out_dir: str | os.PathLike, prompt: PromptFormat, trained_languages: list[str]) -> Path:
+def write_metadata(out_dir: str | os.PathLike, prompt: PromptFormat, trained_languages: list[str],
+                   input_rules: dict | None = None) -> Path:
     """Declare how a checkpoint was trained, so no later command has to guess."""
     f = Path(out_dir) / METADATA_FILE
-    storage.write_file(f, (json.dumps({"prompt": prompt.to_dict(), "trained_languages": sorted(trained_languages)},
-                                      indent=2, ensure_ascii=False) + "\n").encode())
+    meta = {"prompt": prompt.to_dict(), "trained_languages": sorted(trained_languages)}
+    if input_rules is not None:
+        meta["input_rules"] = input_rules
+    storage.write_file(f, (json.dumps(meta, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
     return f
 
 

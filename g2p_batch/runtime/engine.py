@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decode.beam import beam_search
 from ..decode.engine import (
     CALL_COST_ROWS,
     LOOP_MIN_IDS,
     Bucket,
     DecodeOutput,
+    beam_output,
     greedy_output,
     repeating_rows,
 )
@@ -48,16 +50,19 @@ class _BucketVM:
     v_cache: object
     pos: list   # device tensors holding 0..T-1, made once
     window: int = 0  # a `step_w{window}` function exists: use it while pos < window
+    functions: tuple = ()  # the VM functions the bucket has (step_logits: beam search)
 
 
 class TVMEngine:
     def __init__(self, compiled: dict[Bucket, object], params: dict[str, np.ndarray], specs_by_bucket: dict,
-                 cache_shapes: dict, max_output_len: int, device: str = "cpu", windows: dict | None = None):
+                 cache_shapes: dict, max_output_len: int, device: str = "cpu", windows: dict | None = None,
+                 functions: dict | None = None):
         import tvm
         from tvm.runtime.vm import VirtualMachine
 
         self._tvm = tvm
         self.device = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        self._on_cpu = device != "cuda"
         self.max_output_len = max_output_len
         self.call_cost_rows = CALL_COST_ROWS[device]
         self.buckets = sorted(compiled)
@@ -82,7 +87,7 @@ class TVMEngine:
                 k_cache=tvm.runtime.tensor(np.zeros(kshape, np.float32), self.device),
                 v_cache=tvm.runtime.tensor(np.zeros(vshape, np.float32), self.device),
                 pos=[tvm.runtime.tensor(np.array([t], np.int32), self.device) for t in range(max_output_len)],
-                window=(windows or {}).get(b, 0))
+                window=(windows or {}).get(b, 0), functions=tuple((functions or {}).get(b, ())))
 
     def set_instrument(self, fn) -> None:
         """Call `fn` around every VM call of every bucket (the per-kernel profile of
@@ -137,13 +142,69 @@ class TVMEngine:
         self.stage_seconds["decode"] += time.perf_counter() - t1
         return result
 
+    def decode_beams(self, input_ids: np.ndarray, num_beams: int, n_best: int, length_penalty: float = 1.0,
+                     max_steps: int | None = None) -> DecodeOutput:
+        """Beam search (`decode.beam`) for R rows in the compiled bucket of R * num_beams rows:
+        each row once per beam (the encoder runs on the first copy only), `step_logits` for the
+        whole distribution, and the self-attention cache reordered on the host as beams are
+        selected. No loop stop:
+        a repeating beam runs to max_output_len, as in transformers. `max_steps` (benchmarks):
+        fewer steps than max_output_len."""
+        R, L = input_ids.shape
+        K = num_beams
+        bv = self._vms.get(Bucket(R * K, L))
+        if bv is None or "step_logits" not in bv.functions:
+            raise ArtifactError(f"no compiled bucket with step_logits for {R} rows x {K} beams of {L} input ids; "
+                                f"compiled: {[b.name for b in self.buckets]} (recompile to get beam search)")
+        tvm, dev = self._tvm, self.device
+        T = min(max_steps or self.max_output_len, self.max_output_len)
+        t0 = time.perf_counter()
+        ids = np.ascontiguousarray(np.repeat(input_ids, K, axis=0), dtype=np.int32)
+        mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
+        tok, where, gather = (tvm.runtime.tensor(a, dev) for a in pack_tokens(ids, copies=K))
+        ck, cv = bv.vm["encode"](tok, where, gather, mask, *bv.args["encode"])
+        dev.sync()
+        t1 = time.perf_counter()
+        self.stage_seconds["encode"] += t1 - t0
+        step_fn, pos = bv.vm["step_logits"], iter(bv.pos)
+        identity = np.arange(R * K)
+        per_block = bv.k_cache.shape[-1]  # CPU keys come in blocks of positions (key_cache_shape)
+        t = 0
 
-def pack_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def step(tokens, parents):
+            nonlocal t
+            moved = None if parents is None else np.flatnonzero(parents != identity)
+            if moved is not None and len(moved):
+                # only rows that take another beam's history, and only the positions written so far
+                for cache, span in ((bv.k_cache, -(-t // per_block)), (bv.v_cache, t)):
+                    if self._on_cpu:
+                        view = np.from_dlpack(cache)
+                        view[:, moved, :, :span] = view[:, parents[moved], :, :span]
+                    else:
+                        cache.copyfrom(cache.numpy()[:, parents])
+            t += 1
+            out = step_fn(tvm.runtime.tensor(np.asarray(tokens, np.int32), dev), next(pos), bv.k_cache,
+                          bv.v_cache, ck, cv, mask, *bv.args["step"])
+            return out[0].numpy()
+
+        filler = input_ids[:, 0] == PAD
+        candidates, steps = beam_search(step, R, K, n_best, T, filler, length_penalty)
+        result = beam_output(candidates, self.max_output_len, steps)
+        self.stage_seconds["decode"] += time.perf_counter() - t1
+        return result
+
+
+def pack_tokens(ids: np.ndarray, copies: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A padded batch [B, L] -> the encoder's packed inputs: token ids and their `b*L + i`
     places, both [m, TOKEN_BLOCK] (real tokens first, then pad rows up to the block), and
-    `gather` [B, L], the packed row of every (b, j), 0 where (b, j) is padding (masked)."""
+    `gather` [B, L], the packed row of every (b, j), 0 where (b, j) is padding (masked).
+    `copies` > 1: rows come in runs of that many equal rows (beams); only the first of each run
+    is packed, and the others gather its rows, so the encoder runs once per word."""
     B, L = ids.shape
-    places = np.flatnonzero(ids.reshape(-1) != PAD).astype(np.int32)
+    real = ids.reshape(-1) != PAD
+    if copies > 1:
+        real &= (np.arange(B * L) // L) % copies == 0
+    places = np.flatnonzero(real).astype(np.int32)
     n = len(places)
     m = max(1, -(-n // TOKEN_BLOCK))
     tok = np.full(m * TOKEN_BLOCK, PAD, np.int32)
@@ -152,7 +213,10 @@ def pack_tokens(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     where[:n] = places
     gather = np.zeros(B * L, np.int32)
     gather[places] = np.arange(n, dtype=np.int32)
-    return tok.reshape(m, TOKEN_BLOCK), where.reshape(m, TOKEN_BLOCK), gather.reshape(B, L)
+    gather = gather.reshape(B, L)
+    if copies > 1:
+        gather = gather[np.arange(B) - np.arange(B) % copies]
+    return tok.reshape(m, TOKEN_BLOCK), where.reshape(m, TOKEN_BLOCK), gather
 
 
 def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | None = None,
@@ -189,20 +253,22 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     packed = manifest["kernel_target"] == "cpu"
     if params is None:
         params = load_file(str(path / manifest["params"]["path"]))
-    compiled, specs, caches, windows, per_len = {}, {}, {}, {}, {}
+    compiled, specs, caches, windows, per_len, functions = {}, {}, {}, {}, {}, {}
     for entry in manifest["buckets"]:
         b = Bucket(entry["batch"], entry["input_len"])
         windows[b] = max((int(f[len("step_w"):]) for f in entry.get("functions", []) if f.startswith("step_w")),
                          default=0)
+        functions[b] = entry.get("functions", [])
         compiled[b] = tvm.runtime.load_module(str(path / entry["path"]))
         if b.input_len not in per_len:  # bias tables depend on the length only, not the batch
             per_len[b.input_len] = bucket_params(params, shape, b.input_len, T)
         specs[b] = (param_specs(shape, packed, b.input_len, T), per_len[b.input_len])
         caches[b] = cache_shapes(shape, b.batch, T, packed)
-    engine = TVMEngine(compiled, params, specs, caches, T, device, windows)
+    engine = TVMEngine(compiled, params, specs, caches, T, device, windows, functions)
     # what the set says about its checkpoint: how words become ids, and which codes it knows
     engine.prompt = PromptFormat.from_dict(manifest.get("prompt", {}))
     engine.languages = manifest.get("languages") or None
     engine.trained_languages = manifest.get("trained_languages") or None
+    engine.input_rules = manifest.get("input_rules")
     engine.shape = shape
     return engine

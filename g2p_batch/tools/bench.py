@@ -19,14 +19,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..decode.engine import fit_bucket
+from ..decode.engine import Bucket, fit_bucket
 from ..decode.tokenizer import PromptFormat, encode, encode_text, pad_batch
 from ..errors import ArtifactError, ConfigError
 from ..model.shapes import T5Shape
 from ..settings import setting
 from .lexicon import Entry, charsiu_data, read
 
-ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8")
+ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8", "tvm-beam4", "transformers-beam4")
+DEFAULT_ENGINES = ENGINES[:4]  # greedy, as the job runs by default; the -beam4 pair: 4 beams, 4 best
+BEAMS = 4
 
 
 @dataclass
@@ -39,7 +41,7 @@ class BenchConfig:
     batch: int = setting(64, help="rows per engine call")
     steps: int = setting(14, help="forced decoder steps for every engine; 0: natural EOS (trained checkpoints)")
     threads: int = setting(help="threads for every engine (default: all cores)", factory=lambda: os.cpu_count() or 1)
-    engines: str = setting(",".join(ENGINES), help="comma-separated: " + ",".join(ENGINES))
+    engines: str = setting(",".join(DEFAULT_ENGINES), help="comma-separated: " + ",".join(ENGINES))
     device: str = setting("cpu", help="cpu or cuda")
     latency_runs: int = setting(20, help="batch-1 calls timed for the latency")
     rounds: int = setting(3, help="timed passes per engine, the engines taking turns (with --ray: rounds of all four runs); the median counts")
@@ -315,7 +317,7 @@ def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- engines
 
 
-def _tvm_engine(cfg, ckpt):
+def _tvm_engine(cfg, ckpt, beams: int = 1):
     from ..compile.artifacts import CompileConfig, ensure_artifacts
     from ..runtime.engine import load_engine
 
@@ -327,7 +329,7 @@ def _tvm_engine(cfg, ckpt):
     # planner would, since the other engines run it as it is. On a GPU padding is nearly free, and
     # each extra module costs a CUDA JIT at load.
     small = (8, 32) if target == "llvm" else ()
-    sizes = sorted({s for s in small if s < cfg.batch} | {1, cfg.batch})
+    sizes = sorted({s for s in small if s < cfg.batch} | {1, cfg.batch}) if beams == 1 else [beams, beams * cfg.batch]
     art = ensure_artifacts(CompileConfig(checkpoint=ckpt, target=target, batch_sizes=sizes, max_input_bytes=64,
                                          max_output_len=cfg.max_output_len, artifacts_dir=cfg.cache_dir))
     return load_engine(art, device=cfg.device, threads=cfg.threads)
@@ -347,33 +349,38 @@ def _params_for(artifacts: str, ckpt: str) -> dict:
     return build_params(cp.weights, shape, packed=manifest["kernel_target"] == "cpu")
 
 
-def _tvm_batch_runner(eng, rows, steps):
+def _tvm_batch_runner(eng, rows, steps, beams: int = 1):
     """(run_batch(idx), input_len(idx)): a batch of rows padded to the smallest compiled shape
-    that holds it."""
+    that holds it (with beams: `beams` rows of the shape per word)."""
+    buckets = [Bucket(b.batch // beams, b.input_len) for b in eng.buckets if b.batch % beams == 0]
+
     def shape(idx):
-        return fit_bucket(eng.buckets, len(idx), max(len(rows[i]) for i in idx))
+        return fit_bucket(buckets, len(idx), max(len(rows[i]) for i in idx))
 
     def run_batch(idx):
         b = shape(idx)
-        return eng.decode(pad_batch([rows[i] for i in idx], b.input_len, b.batch), max_steps=steps,
-                          early_exit=steps is None)
+        ids = pad_batch([rows[i] for i in idx], b.input_len, b.batch)
+        if beams > 1:
+            return eng.decode_beams(ids, beams, beams, max_steps=steps)
+        return eng.decode(ids, max_steps=steps, early_exit=steps is None)
     return run_batch, lambda idx: shape(idx).input_len
 
 
 def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
     if name not in ENGINES:
         raise ConfigError(f"unknown engine {name!r}; choose from {list(ENGINES)}")
-    if name == "tvm":
-        return tvm_runner(cfg, ckpt, rows, steps)
-    if name == "transformers":
-        return transformers_runner(cfg, ckpt, rows, steps)
+    beams = BEAMS if name.endswith(f"-beam{BEAMS}") else 1
+    if name.startswith("tvm"):
+        return tvm_runner(cfg, ckpt, rows, steps, beams)
+    if name.startswith("transformers"):
+        return transformers_runner(cfg, ckpt, rows, steps, beams)
     return ct2_runner(cfg, ckpt, rows, steps, "float32" if name == "ct2-fp32" else "int8")
 
 
-def tvm_runner(cfg, ckpt, rows, steps) -> Runner:
-    eng = _tvm_engine(cfg, ckpt)
-    run_batch, _ = _tvm_batch_runner(eng, rows, steps)
-    smallest = min(b.batch for b in eng.buckets)
+def tvm_runner(cfg, ckpt, rows, steps, beams: int = 1) -> Runner:
+    eng = _tvm_engine(cfg, ckpt, beams)
+    run_batch, _ = _tvm_batch_runner(eng, rows, steps, beams)
+    smallest = min(b.batch // beams for b in eng.buckets if b.batch >= beams and b.batch % beams == 0)
     if smallest == 1:
         return Runner(run_batch, lambda: run_batch([0]), eng.stage_seconds)
     # a prebuilt set without batch 1 (the GPU's 4096 set) would time one word padded to a batch
@@ -415,13 +422,15 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     return {"batch": cfg.batch, "input_len": input_len(idx), "steps": cfg.forced_steps, "wall_ms": 1e3 * wall, "kernels": kernels}
 
 
-def transformers_runner(cfg, ckpt, rows, steps) -> Runner:
+def transformers_runner(cfg, ckpt, rows, steps, beams: int = 1) -> Runner:
     from .reference import Reference
 
     ref = Reference(ckpt, threads=cfg.threads, device="cuda" if cfg.device == "cuda" else "cpu")
 
     def run_batch(idx):
         ids = pad_batch([rows[i] for i in idx], max(len(rows[i]) for i in idx))
+        if beams > 1:
+            return ref.beams(ids, steps or cfg.max_output_len, beams, beams, min_new_tokens=steps or 0)
         return ref.generate_raw(ids, steps or cfg.max_output_len, steps or 0)
 
     return Runner(run_batch, lambda: run_batch([0]))

@@ -2,7 +2,8 @@
 
 Inputs are built with transformers' `ByT5Tokenizer` from `<lang>:word` text, with
 `add_special_tokens=False` unless the checkpoint declares EOS-terminated inputs, and decoded with
-`generate(num_beams=1, do_sample=False)`: never with the project's own encoder, so a wrong
+`generate(num_beams=1, do_sample=False)` (`generate(num_beams=K, num_return_sequences=N)` for
+n-best): never with the project's own encoder, so a wrong
 convention on our side shows up as mismatches. Imports torch lazily: only `verify`, tests and
 the benchmark use it.
 """
@@ -71,3 +72,21 @@ class Reference:
         full = np.zeros((gen.shape[0], max_new_tokens), np.int32)
         full[:, : gen.shape[1]] = gen
         return full
+
+    def beams(self, input_ids: np.ndarray, max_new_tokens: int, num_beams: int, n_best: int,
+              length_penalty: float = 1.0, min_new_tokens: int = 0) -> list[list[tuple[np.ndarray, float]]]:
+        """Per row, its `n_best` (generated ids up to and including EOS, score) from
+        `generate(num_beams, num_return_sequences=n_best, do_sample=False)`, best first;
+        `min_new_tokens` for benchmarks that force the steps."""
+        torch = self.torch
+        ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=(ids != 0).long(), num_beams=num_beams,
+                                      num_return_sequences=n_best, do_sample=False, length_penalty=length_penalty,
+                                      max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, output_scores=True,
+                                      return_dict_in_generate=True)
+        seqs = out.sequences[:, 1:].cpu().numpy().astype(np.int32)
+        scores = out.sequences_scores.float().cpu().numpy()
+        lengths = (out.beam_indices >= 0).sum(dim=1).cpu().numpy()  # generated ids, EOS included
+        return [[(seqs[j, :lengths[j]], float(scores[j])) for j in range(r * n_best, (r + 1) * n_best)]
+                for r in range(len(input_ids))]

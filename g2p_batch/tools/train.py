@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decode.rules import LanguageRules
 from ..decode.tokenizer import (
     EOS,
     OFFSET,
@@ -89,6 +90,7 @@ class PairSet:
     lang_id: np.ndarray             # [N] int16, index into `langs`
     langs: list[str]
     per_lang: dict[str, dict]       # lang -> {lines, kept, dropped_input, dropped_output, malformed}
+    input_rules: dict[str, dict]    # lang -> what its words look like (decode.rules.LanguageRules)
     files: int
     words: list[bytes] | None = None      # kept only with keep_text (dev evaluation)
     variants: list[list[str]] | None = None
@@ -148,6 +150,7 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
     words_all: list[bytes] = []
     variants_all: list[list[str]] = []
     per_lang: dict[str, dict] = {}
+    input_rules: dict[str, dict] = {}
     for li, (lang, path) in enumerate(zip(langs, files)):
         prefix_text = fmt.format(lang, "")
         if fmt.format(lang, "w") != prefix_text + "w":
@@ -181,6 +184,7 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
         n = len(words)
         stats["kept"] = n
         per_lang[lang] = stats
+        input_rules[lang] = dataclasses.asdict(LanguageRules.of_words([w.decode("utf-8", "replace") for w in words]))
         s, sl = _pack(words, max_input_bytes, len(prefix), n, eos=fmt.input_eos)
         s[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8).astype(np.int16) + OFFSET
         t, tl = _pack(firsts, max_output_len, 0, n)
@@ -205,7 +209,7 @@ def load_pairs(data_dir: str | os.PathLike, max_input_bytes: int = 64, max_outpu
     return PairSet(src=np.ascontiguousarray(np.concatenate(srcs)[:, :ws]),
                    tgt=np.ascontiguousarray(np.concatenate(tgts)[:, :wt]),
                    src_len=src_len, tgt_len=tgt_len, lang_id=np.concatenate(ids), langs=langs,
-                   per_lang=per_lang, files=len(files),
+                   per_lang=per_lang, input_rules=input_rules, files=len(files),
                    words=words_all if keep_text else None, variants=variants_all if keep_text else None)
 
 
@@ -691,7 +695,7 @@ def save(model, cfg: TrainConfig, fmt: PromptFormat, ds: PairSet, summary: dict)
     out_dir = Path(cfg.out)
     save_untied(model, out_dir, cfg.save_dtype)
     model.generation_config.save_pretrained(out_dir)
-    write_metadata(out_dir, fmt, ds.langs)
+    write_metadata(out_dir, fmt, ds.langs, ds.input_rules)
     _write_summary(out_dir, summary)
     return out_dir
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..decode import metrics
 from ..decode.engine import Bucket, Engine, fit_bucket
+from ..decode.rules import InputRules
 from ..decode.tokenizer import (
     EOS,
     InputTooLong,
@@ -22,7 +24,6 @@ from ..decode.tokenizer import (
     pad_batch,
 )
 from ..errors import ConfigError
-from . import metrics
 from .lexicon import Entry
 
 
@@ -54,12 +55,15 @@ class VerifyReport:
 
 
 def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = PromptFormat(),
-        reference=None, progress: bool = False, stop_loops: bool = True) -> VerifyReport:
+        reference=None, progress: bool = False, stop_loops: bool = True, rules: InputRules | None = None,
+        capitalize: bool = False) -> VerifyReport:
     """TVM on our ids, the reference on CharsiuG2P's (`reference.Reference`), row by row.
 
     A row the engine stopped as a loop (`stop_loops`) matches when its tokens are the start of
     the reference's; it is listed in `looped`, and in `loops_ended_later` when the reference
-    went on to end with EOS (the one way the loop stop changes a result)."""
+    went on to end with EOS (the one way the loop stop changes a result). `rules` normalise
+    each word as the job does (composed, case), never splitting it; `capitalize` capitalises each
+    word first, to measure what the case rules do with capitalised input."""
     from tqdm import tqdm
 
     from .reference import charsiu_text
@@ -68,6 +72,8 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
     max_len = max(b.input_len for b in engine.buckets)
     kept, rows = [], []
     for e in entries:
+        word = e.word[:1].upper() + e.word[1:] if capitalize else e.word
+        e = Entry(e.lang, rules.normalise(e.lang, word) if rules else word, e.pron)
         try:
             rows.append(encode(e.lang, e.word, fmt, max_len))
             kept.append(e)
