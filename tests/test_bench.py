@@ -64,6 +64,21 @@ def test_tvm_runs_the_tail_batch_in_the_smallest_compiled_size_that_holds_it():
         run_batch(list(range(64)) + [0])
 
 
+def test_beam_engines_fit_words_times_beams_rows_and_report_batch_1():
+    """tvm-beam4: words run in the smallest bucket of words x 4 rows (one word in b4, two in
+    b8, three in b256); b1 beside them in the set cannot hold a word's beams."""
+    shapes = []
+    eng = SimpleNamespace(buckets=[Bucket(b, 16) for b in (1, 4, 8, 256)], stage_seconds={},
+                          decode_beams=lambda ids, k, n, **kw: shapes.append((ids.shape, k, n)))
+    rows = [[5] * 10] * 64
+    run_batch, _ = _tvm_batch_runner(eng, rows, 14, beams=4)
+    run_batch(list(range(64)))
+    run_batch([0])
+    run_batch(list(range(2)))
+    run_batch(list(range(3)))
+    assert shapes == [((64, 16), 4, 4), ((1, 16), 4, 4), ((2, 16), 4, 4), ((64, 16), 4, 4)]
+
+
 def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
     """The H200 bench's batch-4096 set printed 84 ms as TVM's "batch-1" latency: one word padded to
     4096 rows."""

@@ -124,6 +124,7 @@ def test_bench_runs_engines_side_by_side_and_profiles(tmp_path):
     assert set(res["engines"]) == {"tvm", "transformers", "ct2-fp32"} and res["words"] == 40
     assert all(e["words_per_s"] > 0 and e["latency_ms"] > 0 for e in res["engines"].values())
     assert res["engines"]["tvm"]["encode_s"] > 0 and res["engines"]["tvm"]["decode_s"] > 0
+    assert res["cpu"]["cores"] >= 1 and res["cpu"]["mcpu"] in out  # which host ran it
     assert (tmp_path / "out" / "bench.png").stat().st_size > 0
 
     code, out = _invoke("bench", *common, "--profile")

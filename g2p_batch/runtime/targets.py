@@ -5,6 +5,7 @@ which names a set's target, and the runtime, which checks the host can run it.""
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -25,13 +26,25 @@ _X86_LEVELS = [  # (mcpu, flags it needs): the first whose flags the host has wi
 
 
 def host_cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    for line in _cpuinfo_lines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
     return set()
+
+
+def host_cpu() -> dict:
+    """The host CPU as benchmarks record it: model name, cores, and the instruction set the
+    compiled kernels use (`cpu_target`'s mcpu), since hosts of one pool may differ."""
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return {"model": model, "cores": os.cpu_count(), "mcpu": cpu_target().get("mcpu", "generic")}
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def cpu_target(flags: set[str] | None = None) -> dict:

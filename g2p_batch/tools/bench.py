@@ -498,6 +498,9 @@ def run(cfg: BenchConfig, progress=print) -> dict:
     result = {"config": asdict(cfg), "words": len(rows), "mean_input_ids": mean_in,
               "gflop_per_word": (enc_f + dec_f) / 1e9, "engines": {}}
     if cfg.device == "cpu":
+        from ..runtime.targets import host_cpu
+        result["cpu"] = host_cpu()
+        progress(f"cpu: {result['cpu']['model']}, {result['cpu']['cores']} cores, kernels for {result['cpu']['mcpu']}")
         result["matmul_ceiling_gflops"] = matmul_ceiling(cfg.threads)
         progress(f"fp32 matmul ceiling (numpy, {cfg.threads} threads): {result['matmul_ceiling_gflops']:.1f} GFLOP/s")
     engines, failed = {}, {}
