@@ -163,11 +163,11 @@ def transcribe(
         _fail(exc)
     results = transcriber.transcribe([lang] * len(words), words)
     for w, r in zip(words, results):
-        if n_best > 1 and r.candidates:
-            for p, s in r.candidates:
-                typer.echo(f"{w}\t{p}\t{'' if s is None else f'{s:.4f}'}")
-            continue
         note = "" if r.status == "ok" else f"\t[{r.status}: {r.error}]" if r.error else f"\t[{r.status}]"
+        if n_best > 1 and r.candidates:
+            for j, (p, s) in enumerate(r.candidates):
+                typer.echo(f"{w}\t{p}\t{'' if s is None else f'{s:.4f}'}" + (note if j == 0 else ""))
+            continue
         typer.echo(f"{w}\t{r.phonemes or ''}{note}")
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)

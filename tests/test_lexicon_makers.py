@@ -128,6 +128,11 @@ def test_the_job_with_a_lexicon_and_a_reference_column(local_ray, tmp_path, monk
     assert [w["word"] for w in eng["worst"]] == ["bird", "dog"] and check["overall"]["languages"] == 1
     assert report.rows == {"error": 1, "lexicon": 1, "ok": 4}
 
+    (tmp_path / "mine.tsv").write_text("eng-us\tdog\tDAWG\n", encoding="utf-8")   # edited in place
+    with pytest.raises(ConfigError, match="other settings .*lexicon_sha256"):
+        run_job(job_config(tmp_path, lexicon=str(tmp_path / "mine.tsv"), reference_column="pron",
+                           worst_rows=2, max_output_len=32))
+
     (tmp_path / "broken.tsv").write_text("eng-us\tdog\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"broken.tsv, line 1"):
         run_job(job_config(tmp_path, output=str(tmp_path / "out2"), lexicon=str(tmp_path / "broken.tsv")))

@@ -131,7 +131,7 @@ def run_job(config: JobConfig, engine_factory: str | Callable[[JobConfig, str], 
         storage.check_writable(config.output)
     except OSError as exc:
         raise ConfigError(f"output: {exc}") from exc
-    manifest, todo = _resume(config, plan)
+    manifest, todo = _resume(config, plan, _table_sha256(lexicon))
     report = JobReport(output=config.output, shards_planned=len(plan.shards),
                        shards_skipped=len(plan.shards) - len(todo), skipped_files=plan.skipped)
     work = [s for s in todo if s.num_rows]
@@ -432,20 +432,34 @@ def _connect_ray(config: JobConfig) -> bool:
     return True
 
 
-def _fingerprint(config: JobConfig) -> tuple[str, dict]:
+def _table_sha256(table) -> str | None:
+    """A lexicon's entries, hashed: an edited file under the same path changes the output."""
+    if table is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256()
+    for column in table.columns:
+        h.update("\x00".join(column.to_pylist()).encode() + b"\x01")
+    return h.hexdigest()
+
+
+def _fingerprint(config: JobConfig, lexicon_sha256: str | None = None) -> tuple[str, dict]:
     import hashlib
     import json
 
     settings = {k: getattr(config, k) for k in OUTPUT_SETTINGS}
+    if lexicon_sha256:
+        settings["lexicon_sha256"] = lexicon_sha256
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return digest, settings
 
 
-def _resume(config: JobConfig, plan: Plan) -> tuple[Manifest, list[Shard]]:
+def _resume(config: JobConfig, plan: Plan, lexicon_sha256: str | None = None) -> tuple[Manifest, list[Shard]]:
     """The manifest to extend and the shards still to do; refuses to mix results of other
     settings or another plan into one output directory. Deletes nothing: with overwrite, the
     earlier results go when this run commits its first shard (`Manifest.replaces`)."""
-    fingerprint, settings = _fingerprint(config)
+    fingerprint, settings = _fingerprint(config, lexicon_sha256)
     fs, base = storage.resolve(config.output)
     if not storage.publishes_whole(fs):  # object stores have no folders, and no temporary files
         fs.create_dir(base, recursive=True)
