@@ -117,3 +117,19 @@ def test_buckets_compiled_by_other_kernel_code_are_reused_with_a_warning(tmp_pat
     with caplog.at_level("WARNING", logger="g2p_batch.compile"):
         assert _ensure(ck, root) == out
     assert f"1 of 1 buckets in {out} were compiled by other g2p-batch kernel code" in caplog.text
+
+
+def test_each_instruction_set_gets_its_own_folder():
+    """A pool mixes AVX2 and AVX-512 hosts: in a shared cache each set lives beside the other
+    instead of one host's refusing the other's as a mismatch."""
+    import platform
+
+    from g2p_batch.runtime import targets
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 instruction sets only")
+    avx2 = targets.cpu_target({"avx", "avx2", "fma", "bmi2", "f16c", "movbe"})
+    avx512 = targets.cpu_target(targets.required_flags({"mcpu": "skylake-avx512"}))
+    assert avx2["mcpu"] != avx512["mcpu"]
+    assert targets.short_name(avx2) != targets.short_name(avx512)
+    assert targets.short_name(targets.cuda_target("sm_80")) == "cuda-sm_80"

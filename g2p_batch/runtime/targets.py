@@ -16,7 +16,7 @@ from ..errors import ConfigError
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 CUDA_PTX = "compute_90"
 
-__all__ = ["CUDA_ARCHS", "CUDA_PTX", "cpu_target", "cuda_target", "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
+__all__ = ["CUDA_ARCHS", "CUDA_PTX", "cpu_target", "cuda_target", "host_cpu", "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
 
 _X86_LEVELS = [  # (mcpu, flags it needs): the first whose flags the host has wins
     ("skylake-avx512", {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}),
@@ -86,4 +86,8 @@ def kind(target: dict) -> str:
 
 
 def short_name(target: dict) -> str:
-    return target["kind"] if target["kind"] != "cuda" else f"cuda-{target.get('arch', 'sm_90')}"
+    """The artifact folder's name for a target: hosts of one pool differ (AVX2 and AVX-512 CPUs),
+    so each instruction set gets its own set in a shared cache."""
+    if target["kind"] == "cuda":
+        return f"cuda-{target.get('arch', 'sm_90')}"
+    return f"{target['kind']}-{target['mcpu']}" if target.get("mcpu") else target["kind"]
