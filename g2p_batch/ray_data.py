@@ -94,13 +94,20 @@ class TranscribeStage:
 
 def transcribe_stage(checkpoint: str = "default", **settings) -> TranscribeStage:
     """Prepare the engine here (compile what is missing, ship the bytes once) and size the
-    actor pool for the cluster this process is connected to (`ray.init` first)."""
+    actor pool for the cluster this process is connected to (`ray.init` first). One CPU is
+    left to the pipeline's read and write tasks: a pool holding every CPU starves them, and the
+    dataset never starts (on 2 CPUs: one actor of one thread)."""
+    import dataclasses
+
     import ray
 
     config = StageConfig(checkpoint=checkpoint, **settings)
     if not ray.is_initialized():
         ray.init()
-    cluster = ray.cluster_resources()
+    cluster = dict(ray.cluster_resources())
+    cluster["CPU"] = max(int(cluster.get("CPU", 0)) - 1, 1)
+    if config.num_cpu_actors is None and config.threads_per_actor > cluster["CPU"] and not cluster.get("GPU"):
+        config = dataclasses.replace(config, threads_per_actor=cluster["CPU"])
     group = resolve_actor_groups(config, cluster)[0]  # one device kind per stage: GPUs when the cluster has any
     prepared: PreparedEngine = import_object(config.engine)(config, group.target)
     known = set(prepared.languages) if prepared.languages else None

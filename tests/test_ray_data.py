@@ -34,7 +34,9 @@ def test_pipeline_rows_once_same_results_as_the_job(tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         run_job(JobConfig(input=str(tmp_path / "in"), output=str(tmp_path / "job"), num_cpu_actors=1, **common))
-        stage = transcribe_stage(num_cpu_actors=1, **common)
+        # the defaults (2 threads an actor) on 2 CPUs: one actor of one thread, one CPU left to the
+        # read and write tasks (a pool of both CPUs left them none, and the dataset hung)
+        stage = transcribe_stage(**{**common, "threads_per_actor": 2})
         assert stage.batch_size == 16 * 8 and stage.actors == 1 and stage.num_cpus == 1
         (ray.data.read_parquet(str(tmp_path / "in"))
          .map_batches(Transcribe, **stage.map_batches_kwargs())
