@@ -17,7 +17,7 @@ from .tokenizer import EOS, PAD, PromptFormat
 
 __all__ = [
     "CALL_COST_ROWS", "DEFAULT_BATCH_SIZES", "Bucket", "DecodeOutput", "Engine", "EngineSpec",
-    "PreparedEngine", "beam_output", "build_engine", "default_input_lengths", "fit_bucket", "greedy_output",
+    "PreparedEngine", "beam_buckets", "beam_output", "build_engine", "default_input_lengths", "fit_bucket", "greedy_output",
     "import_object",
     "repeating_rows",
 ]
@@ -61,6 +61,16 @@ def fit_bucket(buckets, rows: int, length: int) -> Bucket:
         raise ConfigError(f"no compiled shape holds {rows} rows of {length} ids; compiled: "
                           f"{sorted(b.name for b in buckets)}")
     return min(fits)
+
+
+def beam_buckets(buckets, num_beams: int) -> list[Bucket]:
+    """Compiled shapes as words of `num_beams` rows each (a b64 bucket holds 16 words of 4
+    beams); with 1 beam, the shapes themselves."""
+    out = sorted(Bucket(b.batch // num_beams, b.input_len) for b in buckets if b.batch % num_beams == 0)
+    if not out:
+        raise ConfigError(f"num_beams={num_beams} fits no compiled batch size "
+                          f"({sorted({b.batch for b in buckets})}): compile a batch size that is a multiple of it")
+    return out
 
 
 @dataclass

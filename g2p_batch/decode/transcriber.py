@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .batching import junk, plan_batches
-from .engine import Bucket, DecodeOutput, Engine
+from .engine import DecodeOutput, Engine, beam_buckets
 from .rules import InputRules
 from .tokenizer import PromptFormat, decode, pad_batch
 
@@ -61,7 +61,7 @@ class Transcriber:
         self.trained_langs = set(trained_langs) if trained_langs is not None else None
         self.stop_loops = stop_loops
         self.rules = rules or InputRules()
-        self.buckets = sorted(engine.buckets) if num_beams == 1 else _beam_buckets(engine.buckets, num_beams)
+        self.buckets = sorted(engine.buckets) if num_beams == 1 else beam_buckets(engine.buckets, num_beams)
         self.timings: dict[str, float] = {"tokenize": 0.0, "encode": 0.0, "decode": 0.0}
         self.decoded_items = 0
         self.batch_fill: list[float] = []  # per engine call: real rows / compiled rows
@@ -199,16 +199,6 @@ class Transcriber:
 
     def _engine_encode_seconds(self) -> float:
         return float((getattr(self.engine, "stage_seconds", None) or {}).get("encode", 0.0))
-
-
-def _beam_buckets(buckets, num_beams: int) -> list[Bucket]:
-    """Compiled shapes as rows of `num_beams` beams each: a b64 bucket holds 16 rows of 4 beams."""
-    out = sorted(Bucket(b.batch // num_beams, b.input_len) for b in buckets
-                 if b.batch % num_beams == 0 and b.batch >= num_beams)
-    if not out:
-        raise ConfigError(f"num_beams={num_beams} fits no compiled batch size "
-                          f"({sorted({b.batch for b in buckets})}): compile a batch size that is a multiple of it")
-    return out
 
 
 def _check_output(out: DecodeOutput, batch: int, max_output_len: int) -> None:

@@ -49,7 +49,7 @@ def output_table(table: pa.Table, results, checks: list[tuple[float, bool] | Non
         "error": [r.error for r in results],
         "score": [r.score for r in results],
     }
-    extra = {**(CHECK_COLUMNS if checks is not None else {})}
+    extra = dict(CHECK_COLUMNS) if checks is not None else {}
     if candidates:
         columns["candidates"] = [None if r.candidates is None else
                                  [{"phonemes": p, "score": s} for p, s in r.candidates] for r in results]

@@ -95,6 +95,18 @@ class TVMEngine:
         for bv in self._vms.values():
             bv.vm.set_instrument(fn)
 
+    def _encode(self, bv: _BucketVM, ids: np.ndarray, copies: int = 1):
+        """The padding mask and the cross-attention keys and values of a batch (`pack_tokens`
+        for `copies`); its seconds go to stage_seconds["encode"]."""
+        tvm, dev = self._tvm, self.device
+        t0 = time.perf_counter()
+        mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
+        tok, where, gather = (tvm.runtime.tensor(a, dev) for a in pack_tokens(ids, copies))
+        ck, cv = bv.vm["encode"](tok, where, gather, mask, *bv.args["encode"])
+        dev.sync()
+        self.stage_seconds["encode"] += time.perf_counter() - t0
+        return mask, ck, cv
+
     def decode(self, input_ids: np.ndarray, max_steps: int | None = None, early_exit: bool = True, *,
                stop_loops: bool = True) -> DecodeOutput:
         """Greedy decode of one compiled-shape batch. `stop_loops` ends a row whose output repeats
@@ -107,14 +119,9 @@ class TVMEngine:
                              f"{[b.name for b in self.buckets]}")
         tvm, dev = self._tvm, self.device
         T = min(max_steps or self.max_output_len, self.max_output_len)
-        t0 = time.perf_counter()
         ids = np.ascontiguousarray(input_ids, dtype=np.int32)
-        mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
-        tok, where, gather = (tvm.runtime.tensor(a, dev) for a in pack_tokens(ids))
-        ck, cv = bv.vm["encode"](tok, where, gather, mask, *bv.args["encode"])
-        dev.sync()
+        mask, ck, cv = self._encode(bv, ids)
         t1 = time.perf_counter()
-        self.stage_seconds["encode"] += t1 - t0
 
         filler = ids[:, 0] == PAD  # rows padding a partly used batch never hold the loop open
         done = filler.copy()
@@ -158,14 +165,8 @@ class TVMEngine:
                                 f"compiled: {[b.name for b in self.buckets]} (recompile to get beam search)")
         tvm, dev = self._tvm, self.device
         T = min(max_steps or self.max_output_len, self.max_output_len)
-        t0 = time.perf_counter()
-        ids = np.ascontiguousarray(np.repeat(input_ids, K, axis=0), dtype=np.int32)
-        mask = tvm.runtime.tensor(np.where(ids != PAD, 0.0, NEG_INF).astype(np.float32), dev)
-        tok, where, gather = (tvm.runtime.tensor(a, dev) for a in pack_tokens(ids, copies=K))
-        ck, cv = bv.vm["encode"](tok, where, gather, mask, *bv.args["encode"])
-        dev.sync()
+        mask, ck, cv = self._encode(bv, np.ascontiguousarray(np.repeat(input_ids, K, axis=0), dtype=np.int32), K)
         t1 = time.perf_counter()
-        self.stage_seconds["encode"] += t1 - t0
         step_fn, pos = bv.vm["step_logits"], iter(bv.pos)
         identity = np.arange(R * K)
         per_block = bv.k_cache.shape[-1]  # CPU keys come in blocks of positions (key_cache_shape)

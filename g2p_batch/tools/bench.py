@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..decode.engine import Bucket, fit_bucket
+from ..decode.engine import beam_buckets, fit_bucket
 from ..decode.tokenizer import PromptFormat, encode, encode_text, pad_batch
 from ..errors import ArtifactError, ConfigError
 from ..model.shapes import T5Shape
@@ -352,7 +352,7 @@ def _params_for(artifacts: str, ckpt: str) -> dict:
 def _tvm_batch_runner(eng, rows, steps, beams: int = 1):
     """(run_batch(idx), input_len(idx)): a batch of rows padded to the smallest compiled shape
     that holds it (with beams: `beams` rows of the shape per word)."""
-    buckets = [Bucket(b.batch // beams, b.input_len) for b in eng.buckets if b.batch % beams == 0]
+    buckets = beam_buckets(eng.buckets, beams)
 
     def shape(idx):
         return fit_bucket(buckets, len(idx), max(len(rows[i]) for i in idx))
@@ -380,7 +380,7 @@ def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
 def tvm_runner(cfg, ckpt, rows, steps, beams: int = 1) -> Runner:
     eng = _tvm_engine(cfg, ckpt, beams)
     run_batch, _ = _tvm_batch_runner(eng, rows, steps, beams)
-    smallest = min(b.batch // beams for b in eng.buckets if b.batch >= beams and b.batch % beams == 0)
+    smallest = min(b.batch for b in beam_buckets(eng.buckets, beams))
     if smallest == 1:
         return Runner(run_batch, lambda: run_batch([0]), eng.stage_seconds)
     # a prebuilt set without batch 1 (the GPU's 4096 set) would time one word padded to a batch
