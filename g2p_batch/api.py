@@ -37,7 +37,7 @@ class G2P:
         """`checkpoint`: 'default', a local Hugging Face directory or a hub id; `lexicon`: files
         whose entries win over the model; `keep_case`: no lowercasing; `num_beams` > 1: beam
         search, each result's `candidates` holding the `n_best` best. Other keywords are
-        CompileConfig's (batch_sizes, max_output_len, artifacts_dir, ...); the artifact set is
+        CompileConfig's (batch_sizes, precision, max_output_len, artifacts_dir, ...); the artifact set is
         compiled on first use and found in the cache after."""
         config = CompileConfig(checkpoint=checkpoint, target=target, **compile_settings)
         device = "cuda" if targets.kind(targets.resolve(config.target)) == "gpu" else "cpu"

@@ -46,6 +46,7 @@ class StageConfig:
     lang_column: str | None = setting(None, help="column holding language codes")
     lang: str | None = setting(None, help="one language code for every row (instead of lang_column)")
     target: str = setting("auto", help="auto | llvm | cuda")
+    precision: str = setting("fp32", help="CPU actors: fp32 (exact) or bf16 (dense layers on AMX tiles)")
     batch_sizes: list[int] = setting(help="compiled batch sizes", factory=lambda: list(DEFAULT_BATCH_SIZES))
     input_buckets: list[int] = setting(help="compiled input lengths", factory=lambda: default_input_lengths(64))
     max_output_len: int = setting(64, help="decoder steps before a row counts as truncated")
@@ -71,6 +72,8 @@ class StageConfig:
                               f"(one code for every row); got lang_column={self.lang_column!r}, lang={self.lang!r}")
         if self.target not in ("auto", "llvm", "cuda"):
             raise ConfigError(f"target {self.target!r} is not one of ['auto', 'llvm', 'cuda']")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision {self.precision!r} is not one of ['fp32', 'bf16']")
 
 
 @dataclass

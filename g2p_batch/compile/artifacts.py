@@ -23,7 +23,7 @@ from ..errors import ArtifactError, ConfigError
 from ..model import checkpoint as ckpt
 from ..model.languages import model_languages
 from ..model.params import build_params
-from ..model.shapes import T5Shape
+from ..model.shapes import PRECISIONS, T5Shape
 from ..runtime import targets
 from ..runtime.manifest import FORMAT, params_file
 from ..settings import check_int, int_list, setting
@@ -35,7 +35,7 @@ log = logging.getLogger("g2p_batch.compile")
 # the modules that decide what a compiled bucket computes and how fast: a change in them that
 # keeps FORMAT (a new schedule, say) leaves cached sets correct but possibly slower
 _KERNEL_SOURCES = [Path(__file__).parent / n for n in
-                   ("kernels.py", "cuda_rules.py", "relax_model.py", "builder.py", "lowering.py")] + \
+                   ("kernels.py", "amx.py", "cuda_rules.py", "relax_model.py", "builder.py", "lowering.py")] + \
                   [Path(__file__).parents[1] / "model" / "shapes.py", Path(__file__).parents[1] / "runtime" / "targets.py"]
 
 
@@ -53,6 +53,7 @@ class CompileConfig:
 
     checkpoint: str = setting("default", help="'default' (embedded), a local HF directory, or a hub id")
     target: str = setting("llvm", help="llvm (this CPU), cuda, cuda:sm_XX, or a JSON target dict")
+    precision: str = setting("fp32", help="fp32 (exact), or bf16: dense layers on AMX tiles (CPUs with amx_bf16)")
     batch_sizes: list[int] = setting(help="compiled batch sizes", factory=lambda: list(DEFAULT_BATCH_SIZES))
     max_input_bytes: int = setting(64, help="longest input in ids, '<lang>:' prefix (and EOS, if fed) included")
     input_buckets: list[int] | None = setting(None, help="input lengths to compile (default: 16, 24, 32, 48, ... up to max_input_bytes)")
@@ -65,6 +66,12 @@ class CompileConfig:
             self.input_buckets = int_list("input_buckets", self.input_buckets)
         for key in ("max_input_bytes", "max_output_len"):
             check_int(key, getattr(self, key), minimum=1)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        odd = [b for b in self.batch_sizes if b > 16 and b % 16]
+        if self.precision == "bf16" and odd:
+            raise ConfigError(f"batch sizes {odd} do not fit bf16 sets, whose AMX tiles take 16 rows: use sizes "
+                              "up to 16 or multiples of 16")
         if max(self.input_lengths()) > self.max_input_bytes:
             raise ConfigError(f"input bucket {max(self.input_lengths())} exceeds max_input_bytes "
                               f"{self.max_input_bytes}; raise max_input_bytes or drop the bucket")
@@ -95,11 +102,13 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     )
 
     config = config or CompileConfig(**fields)
-    target = targets.resolve(config.target)
+    target = targets.resolve(config.target, config.precision)
+    precision = config.precision
     cp = cp or ckpt.load(config.checkpoint)  # identity only; weights are read if params must be built
     prompt = cp.prompt().to_dict()  # how the checkpoint reads words: recorded, not compiled in
     # one set per output length: the decoder's caches and bias tables are sized by it
-    out = Path(config.artifacts_dir or default_root()) / cp.name / f"{targets.short_name(target)}-out{config.max_output_len}"
+    out = Path(config.artifacts_dir or default_root()) / cp.name / (
+        f"{targets.short_name(target)}{'-bf16' if precision == 'bf16' else ''}-out{config.max_output_len}")
     manifest_path = out / "manifest.json"
     T = config.max_output_len
     identity = cp.identity()
@@ -107,7 +116,7 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     source = kernel_source()
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        diffs = _differences(manifest, identity, target, T)
+        diffs = _differences(manifest, identity, target, T, precision)
         if diffs:
             raise ArtifactError(f"artifacts in {out} do not match the request:\n  - " + "\n  - ".join(diffs)
                                 + f"\nremove {out} to rebuild, or pass another --artifacts-dir")
@@ -119,7 +128,7 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
             log.warning("%s has other weights (sha256 %s..., artifacts had %s...): packing its params in %s",
                         cp.name, identity["weights_sha256"][:12], manifest["checkpoint"]["weights_sha256"][:12], out)
             manifest["checkpoint"] = identity
-            manifest["params"] = _write_params(cp, shape, target, out)
+            manifest["params"] = _write_params(cp, shape, target, out, precision)
             _write_json(manifest_path, manifest)
         _warn_if_stale(manifest, out, source)
         # a bucket built before beam search existed lacks step_logits: built again
@@ -134,11 +143,11 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
         out.mkdir(parents=True, exist_ok=True)
         manifest = {
             "format": FORMAT, "checkpoint": identity, "tvm_version": tvm.__version__, "target": target,
-            "kernel_target": targets.kind(target), "shape": shape.to_dict(), "max_output_len": T,
+            "kernel_target": targets.kind(target), "precision": precision, "shape": shape.to_dict(), "max_output_len": T,
             "max_input_bytes": config.max_input_bytes, "prompt": prompt,
             "trained_languages": cp.trained_languages, "input_rules": cp.input_rules,
             "tokenizer": {"kind": "byt5-bytes", "offset": 3, "pad": 0, "eos": 1, "unk": 2},
-            "params": _write_params(cp, shape, target, out), "languages": model_languages(), "buckets": [],
+            "params": _write_params(cp, shape, target, out, precision), "languages": model_languages(), "buckets": [],
         }
         todo = config.buckets()
     log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
@@ -149,7 +158,7 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     for b in todo:
         rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         t0 = time.perf_counter()
-        built = build_bucket(shape, b.batch, b.input_len, T, target, out / rel)
+        built = build_bucket(shape, b.batch, b.input_len, T, target, out / rel, precision=precision)
         manifest["buckets"] = [e for e in manifest["buckets"] if (e["batch"], e["input_len"]) != (b.batch, b.input_len)]
         manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
                                     "sha256": storage.sha256_of(out / rel), **built,
@@ -163,12 +172,13 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     return out
 
 
-def _differences(manifest: dict, identity: dict, target: dict, max_output_len: int) -> list[str]:
+def _differences(manifest: dict, identity: dict, target: dict, max_output_len: int, precision: str) -> list[str]:
     import tvm
 
     diffs = [f"{key}: requested {want!r}, artifacts have {have!r}" for key, want, have in (
         ("checkpoint config", identity["config"], manifest["checkpoint"]["config"]),
         ("target", target, manifest["target"]),
+        ("precision", precision, manifest.get("precision", "fp32")),
         ("max_output_len", max_output_len, manifest["max_output_len"]),
         ("format", FORMAT, manifest.get("format")),
         ("tvm version", tvm.__version__, manifest.get("tvm_version")),
@@ -186,13 +196,15 @@ def _warn_if_stale(manifest: dict, out: Path, source: str) -> None:
                     len(stale), len(manifest["buckets"]), out, out)
 
 
-def _write_params(cp, shape, target: dict, out: Path) -> dict:
-    """Fused and laid-out weights, named by the checkpoint's weights (an existing file is reused)."""
+def _write_params(cp, shape, target: dict, out: Path, precision: str) -> dict:
+    """Fused and laid-out weights, named by the checkpoint's weights (an existing file is reused);
+    a bf16 set's folder holds bf16 dense weights."""
     from safetensors.numpy import save
 
     path = out / params_file(cp.sha256)
     if not path.exists():
-        storage.write_file(path, save(build_params(cp.weights, shape, packed=targets.kind(target) == "cpu")))
+        storage.write_file(path, save(build_params(cp.weights, shape, packed=targets.kind(target) == "cpu",
+                                                   precision=precision)))
     return {"path": path.name, "sha256": storage.sha256_of(path)}
 
 

@@ -22,7 +22,8 @@ __all__ = ["build_bucket", "build_fatbin", "compile_bucket", "cuda_source"]
 log = logging.getLogger("g2p_batch.compile")
 
 
-def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir: Path | None = None):
+def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir: Path | None = None,
+                   precision: str = "fp32"):
     """One bucket's model, scheduled (hand schedules, plus dlight's rules on GPUs) and compiled;
     returns the executable, not yet exported."""
     import tvm
@@ -30,7 +31,7 @@ def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir
 
     tkind = targets.kind(target)
     t0 = time.perf_counter()
-    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind, K.dense_tile(target)))
+    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind, K.dense_tile(target), precision))
     log.info("b%d_in%d_out%d: model built (%.1fs)", B, L, T, time.perf_counter() - t0)
     tgt = tvm.target.Target(target, host=targets.cpu_target()) if tkind == "gpu" else tvm.target.Target(target)
     if dump_ir:
@@ -48,11 +49,11 @@ def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir
 
 
 def build_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, out_path: Path,
-                 dump_ir: Path | None = None) -> dict:
+                 dump_ir: Path | None = None, precision: str = "fp32") -> dict:
     """Build and export one bucket; returns its manifest entry's fields: the VM functions it
     holds, and on CUDA the device code built beside it (`kernels.fatbin`, where nvcc is)."""
     t0 = time.perf_counter()
-    ex = compile_bucket(shape, B, L, T, target, dump_ir)
+    ex = compile_bucket(shape, B, L, T, target, dump_ir, precision)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(f".{uuid.uuid4().hex}.so.tmp")  # two jobs may build one bucket;
     ex.export_library(str(tmp))                                  # the linker writes a path, not bytes

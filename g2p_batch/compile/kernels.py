@@ -34,6 +34,7 @@ class KernelTarget:
 
     kind: str = "cpu"
     tile: tuple[int, int] = (4, PACK)
+    precision: str = "fp32"  # bf16: dense layers on AMX tiles (`compile.amx`)
 
     @property
     def packed(self) -> bool:
@@ -44,7 +45,7 @@ def dense_tile(target: dict) -> tuple[int, int]:
     """The CPU dense kernels' register tile (rows, columns): 8x32 on AVX-512 (286 GFLOP/s on a
     2048x256x2048 matmul at 2 threads, against 147 for 4x16); 4x16 on AVX2, whose 16 vector
     registers cannot hold an 8x32 tile."""
-    return (8, 32) if target.get("mcpu") == "skylake-avx512" else (4, 16)
+    return (8, 32) if target.get("mcpu") in ("skylake-avx512", "sapphirerapids") else (4, 16)
 
 
 def _tokens():
@@ -311,17 +312,21 @@ def relu_act(M: int | None, F: int, tgt: KernelTarget):
 
 def rms_norm(M: int | None, D: int, eps: float, tgt: KernelTarget, scale: float = 1.0):
     """T5LayerNorm: x * rsqrt(mean(x^2) + eps) * w (no mean, no bias); `scale` folds the
-    tied-embedding output scaling of original T5 in."""
+    tied-embedding output scaling of original T5 in. In bf16 sets every norm feeds a dense
+    layer, so it writes bf16 (`amx.bf16_bits`) and the layer reads it as is."""
+    from .amx import bf16_bits
+
     M, scalars = _rows(M)
     x = te.placeholder((M, D), "float32", name="x")
     w = te.placeholder((D,), "float32", name="w")
     k = te.reduce_axis((0, D), name="k")
     ss = te.compute((M,), lambda i: te.sum(x[i, k] * x[i, k], axis=k), name="ss")
-    out = te.compute(
-        (M, D),
-        lambda i, j: x[i, j] * tirx.rsqrt(ss[i] / float(D) + eps) * w[j] * scale
-        if scale != 1.0 else x[i, j] * tirx.rsqrt(ss[i] / float(D) + eps) * w[j],
-        name="out")
+
+    def norm(i, j):
+        v = x[i, j] * tirx.rsqrt(ss[i] / float(D) + eps) * w[j]
+        v = v * scale if scale != 1.0 else v
+        return bf16_bits(v) if tgt.precision == "bf16" else v
+    out = te.compute((M, D), norm, name="out")
     sched = None
     if tgt.kind == "cpu":
         def sched(sch):

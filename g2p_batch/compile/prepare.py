@@ -16,10 +16,12 @@ __all__ = ["prepare_tvm_engine"]
 
 
 def prepare_tvm_engine(config, target: str) -> PreparedEngine:
-    """The job's buckets for `target` (a JobConfig's), compiled where missing, packed."""
+    """The job's buckets for `target` (a JobConfig's), compiled where missing, packed. The
+    precision applies to CPU actors; GPU actors of a mixed job run fp32."""
     cp = checkpoint.load(config.checkpoint)
     directory = ensure_artifacts(
-        checkpoint=config.checkpoint, target=target, batch_sizes=list(config.batch_sizes),
+        checkpoint=config.checkpoint, target=target, precision=config.precision if target == "llvm" else "fp32",
+        batch_sizes=list(config.batch_sizes),
         input_buckets=list(config.input_buckets), max_input_bytes=max(config.input_buckets),
         max_output_len=config.max_output_len, artifacts_dir=config.artifacts_dir, progress=config.progress, cp=cp)
     blob, manifest = pack(directory, cp.sha256)

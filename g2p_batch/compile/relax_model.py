@@ -10,7 +10,9 @@
   needs every id's score (the runtime keeps K beams per word as K rows of the batch).
 
 Weights are function parameters (after the inputs, in `param_specs` order), so one params file
-serves every compiled bucket and the shared libraries stay small. Shapes are fixed per bucket
+serves every compiled bucket and the shared libraries stay small. In bf16 sets (`KernelTarget.precision`)
+the dense layers are `amx.amx_dense` on bf16 weights and bf16 inputs: norms write bf16, attention
+outputs pass through `amx.to_bf16`, the residual stream stays fp32. Shapes are fixed per bucket
 except the encoder's token count, a multiple of TOKEN_BLOCK that the hand schedules tile exactly.
 """
 
@@ -18,15 +20,18 @@ from __future__ import annotations
 
 from tvm import relax, tirx
 
+from ..errors import ConfigError
 from ..model.shapes import (
     PACK,
     TOKEN_BLOCK,
     T5Shape,
     cache_shapes,
+    param_dtype,
     param_specs,
     step_function_name,
     step_windows,
 )
+from . import amx
 from . import kernels as K
 
 
@@ -57,6 +62,10 @@ class _Builder:
 
     def dense(self, x, w, M, Kd, N, residual=None):
         rows, tag = self.rows(M)
+        if self.tgt.precision == "bf16":  # x is bf16 (see `bf16_input`)
+            ep = "none" if residual is None else "residual"
+            return self.call(f"amx_dense_{tag}x{Kd}x{N}_{ep}", lambda: amx.amx_dense(M, Kd, N, ep),
+                             [x, w] + ([residual] if residual is not None else []), (rows, N), tokens=M is None)
         key = f"dense_{tag}x{Kd}x{N}" + ("_res" if residual is not None else "")
         args = [x, w] + ([residual] if residual is not None else [])
         return self.call(key, lambda: K.dense(M, Kd, N, self.tgt, residual=residual is not None), args, (rows, N),
@@ -65,13 +74,33 @@ class _Builder:
     def rms(self, x, w, M, D, eps, scale=1.0):
         rows, tag = self.rows(M)
         key = f"rms_{tag}x{D}" + ("_scaled" if scale != 1.0 else "")
-        return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (rows, D), tokens=M is None)
+        return self.call(key, lambda: K.rms_norm(M, D, eps, self.tgt, scale), [x, w], (rows, D), self.act_dtype,
+                         tokens=M is None)
+
+    @property
+    def act_dtype(self) -> str:
+        """The dtype of a dense layer's input: bf16 bits in bf16 sets."""
+        return "uint16" if self.tgt.precision == "bf16" else "float32"
+
+    def bf16_input(self, x, M, D):
+        """An fp32 activation (attention's output) as a dense input of this set's precision."""
+        if self.tgt.precision != "bf16":
+            return x
+        rows, tag = self.rows(M)
+        return self.call(f"to_bf16_{tag}x{D}", lambda: amx.to_bf16(M, D), [x], (rows, D), "uint16", tokens=M is None)
 
     def ff(self, s: T5Shape, h, residual, wi, wo, M):
         """residual + wo(act(wi(h))), T5's feed-forward sublayer after its norm."""
         F = s.d_ff
         rows, tag = self.rows(M)
-        if s.gated and self.tgt.packed:  # the gate in the product's tile (kernels.gated_dense)
+        if self.tgt.precision == "bf16":  # gelu_new(a) * b on the AMX block, written as bf16
+            if not (s.gated and s.act == "gelu_new"):
+                raise ConfigError(f"precision bf16 has kernels for gated-gelu feed-forwards (every CharsiuG2P "
+                                  f"checkpoint), not {'gated-' if s.gated else ''}{s.act}; use --precision fp32")
+            act = self.call(f"amx_dense_{tag}x{s.d_model}x{2 * F}_gated",
+                            lambda: amx.amx_dense(M, s.d_model, 2 * F, "gated"), [h, wi], (rows, F), "uint16",
+                            tokens=M is None)
+        elif s.gated and self.tgt.packed:  # the gate in the product's tile (kernels.gated_dense)
             act = self.call(f"gated_dense_{s.act}_{tag}x{s.d_model}x{F}",
                             lambda: K.gated_dense(M, s.d_model, F, s.act, self.tgt), [h, wi],
                             (rows, F // PACK, PACK), tokens=M is None)
@@ -87,13 +116,14 @@ class _Builder:
         return self.dense(act, wo, M, F, s.d_model, residual=residual)
 
 
-def _params(specs):
-    return [relax.Var(name.replace(".", "_"), relax.TensorType(shape, "float32")) for name, shape in specs]
+def _params(specs, precision):
+    return [relax.Var(name.replace(".", "_"), relax.TensorType(shape, param_dtype(name, precision)))
+            for name, shape in specs]
 
 
 def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     """The IRModule for one bucket (B rows, L input ids, T output steps) and its param specs."""
-    specs = param_specs(s, tgt.packed, L, T)
+    specs = param_specs(s, tgt.packed, L, T, tgt.precision)
     bb = relax.BlockBuilder()
     kb = _Builder(bb, tgt)
     D, I, H, dk, Ld = s.d_model, s.inner, s.heads, s.d_kv, s.dec_layers
@@ -104,7 +134,7 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
     where = relax.Var("where", relax.TensorType((m, TOKEN_BLOCK), "int32"))
     gather = relax.Var("gather", relax.TensorType((B, L), "int32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
-    p = _params(specs["encode"])
+    p = _params(specs["encode"], tgt.precision)
     with bb.function("encode", [ids, where, gather, mask] + p):
         with bb.dataflow():
             P = dict(zip((n for n, _ in specs["encode"]), p))
@@ -117,7 +147,7 @@ def build_module(s: T5Shape, B: int, L: int, T: int, tgt: K.KernelTarget):
                 qkv = kb.dense(h, P[f"enc{i}.qkv"], None, D, 3 * I)
                 a = kb.call(f"enc_attn_{B}x{L}", lambda: K.encoder_attention(B, L, H, dk, tgt),
                             [qkv, flat_where, gather, P["enc_bias"], mask], (n_tok, I), tokens=True)
-                x = kb.dense(a, P[f"enc{i}.o"], None, I, D, residual=x)
+                x = kb.dense(kb.bf16_input(a, None, I), P[f"enc{i}.o"], None, I, D, residual=x)
                 h = kb.rms(x, P[f"enc{i}.ln_ff"], None, D, s.eps)
                 x = kb.ff(s, h, x, P[f"enc{i}.wi"], P[f"enc{i}.wo"], None)
             hidden = kb.rms(x, P["enc_final_ln"], None, D, s.eps)
@@ -147,7 +177,7 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
     ck = relax.Var("cross_k", relax.TensorType((Ld, B, H, dk, L), "float32"))
     cv = relax.Var("cross_v", relax.TensorType((Ld, B, H, L, dk), "float32"))
     mask = relax.Var("mask", relax.TensorType((B, L), "float32"))
-    p = _params(spec)
+    p = _params(spec, tgt.precision)
     name = "step_logits" if logits else step_function_name(T, W)
     with bb.function(name, [tokens, pos, kc, vc, ck, cv, mask] + p):
         with bb.dataflow():
@@ -164,13 +194,13 @@ def _emit_step(bb, kb, s: T5Shape, spec, B: int, L: int, T: int, W: int, tgt: K.
                 a = kb.call(f"self_attn_{B}x{T}_w{W}_l{i}",
                             lambda i=i: K.step_attention(Ld, B, H, dk, T, i, 3 * I, tgt, cross=False, window=W),
                             [qkv, k_now, v_now, row], (B, I))
-                x = kb.dense(a, P[f"dec{i}.o"], B, I, D, residual=x)
+                x = kb.dense(kb.bf16_input(a, B, I), P[f"dec{i}.o"], B, I, D, residual=x)
                 h = kb.rms(x, P[f"dec{i}.ln_cross"], B, D, s.eps)
                 q = kb.dense(h, P[f"dec{i}.q_cross"], B, D, I)
                 a = kb.call(f"cross_attn_{B}x{L}_l{i}",
                             lambda i=i: K.step_attention(Ld, B, H, dk, L, i, I, tgt, cross=True),
                             [q, ck, cv, mask], (B, I))
-                x = kb.dense(a, P[f"dec{i}.o_cross"], B, I, D, residual=x)
+                x = kb.dense(kb.bf16_input(a, B, I), P[f"dec{i}.o_cross"], B, I, D, residual=x)
                 h = kb.rms(x, P[f"dec{i}.ln_ff"], B, D, s.eps)
                 x = kb.ff(s, h, x, P[f"dec{i}.wi"], P[f"dec{i}.wo"], B)
             scale = D ** -0.5 if s.scale_output else 1.0

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..decode.engine import DEFAULT_BATCH_SIZES, default_input_lengths
 from ..errors import ConfigError
 from ..model.languages import model_languages, read_lang_list
+from ..model.shapes import PRECISIONS
 from ..settings import check_int, int_list, load, setting
 
 __all__ = ["ActorGroup", "JobConfig", "TARGETS", "load_config", "resolve_actor_groups"]
@@ -34,6 +35,7 @@ class JobConfig:
     lang: str | None = setting(None, help="one language code for every row (instead of lang_column)")
     checkpoint: str = setting("default", help="'default' (embedded), a local HF directory, or a hub id")
     target: str = setting("auto", help="auto | llvm | cuda | mixed (GPU and CPU actors in one job)")
+    precision: str = setting("fp32", help="CPU actors: fp32 (exact) or bf16 (dense layers on AMX tiles; CPUs with amx_bf16)")
     batch_sizes: list[int] = setting(help="compiled batch sizes", factory=lambda: list(DEFAULT_BATCH_SIZES))
     input_buckets: list[int] = setting(help="compiled input lengths, in ids incl. '<lang>:' (and EOS, if fed)",
                                        factory=lambda: default_input_lengths(64))
@@ -77,6 +79,11 @@ class JobConfig:
                               "point lang_column at the column of language codes")
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r} is not one of {list(TARGETS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.precision == "bf16" and self.target == "cuda":
+            raise ConfigError("precision bf16 is a CPU mode (AMX tiles); a cuda job runs fp32: set precision "
+                              "fp32 or target llvm")
         self.batch_sizes = int_list("batch_sizes", self.batch_sizes)
         self.input_buckets = int_list("input_buckets", self.input_buckets)
         if isinstance(self.lexicon, str):

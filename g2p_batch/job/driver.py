@@ -451,6 +451,8 @@ def _fingerprint(config: JobConfig, lexicon_sha256: str | None = None) -> tuple[
     settings = {k: getattr(config, k) for k in OUTPUT_SETTINGS}
     if lexicon_sha256:
         settings["lexicon_sha256"] = lexicon_sha256
+    if config.precision != "fp32":  # bf16 output differs from fp32's; fp32 outputs keep their fingerprint
+        settings["precision"] = config.precision
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return digest, settings
 

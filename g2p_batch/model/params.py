@@ -21,7 +21,7 @@ from ..errors import CheckpointError
 from .shapes import NEG_INF, PACK, T5Shape
 
 __all__ = ["DROPPED", "bucket_params", "build_params", "decoder_bias", "encoder_bias", "interleave_gated",
-           "relative_bucket"]
+           "relative_bucket", "to_bf16"]
 
 DROPPED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
@@ -85,6 +85,20 @@ def _pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(n // PACK, PACK, k).transpose(0, 2, 1))
 
 
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounded to nearest even like `compile.amx.bf16_bits`."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+
+
+def _pack_bf16(w: np.ndarray) -> np.ndarray:
+    """[N, K] -> bf16 [N/16, K/2, 32]: per 16-column strip, k pairs (2p, 2p+1) of each column
+    side by side, the layout of an AMX `tdpbf16ps` weight tile."""
+    n, k = w.shape
+    return np.ascontiguousarray(to_bf16(w).reshape(n // PACK, PACK, k // 2, 2).transpose(0, 2, 1, 3)
+                                .reshape(n // PACK, k // 2, 2 * PACK))
+
+
 def interleave_gated(wi: np.ndarray) -> np.ndarray:
     """[wi_0; wi_1] ([2F, K]) -> rows in PACK-row groups alternating gate and linear (gate rows
     0-15, linear rows 0-15, gate rows 16-31, ...): after `_pack`, strip 2c and 2c+1 hold the
@@ -99,11 +113,13 @@ def bucket_params(params: dict[str, np.ndarray], s: T5Shape, L: int, T: int) -> 
     return {"enc_bias": encoder_bias(params["enc_rel_emb"], L, s), "dec_bias": decoder_bias(params["dec_rel_emb"], T, s)}
 
 
-def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool) -> dict[str, np.ndarray]:
+def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool,
+                 precision: str = "fp32") -> dict[str, np.ndarray]:
     """Every shape-independent parameter by name; `model.param_specs` picks and orders them per
-    function, `bucket_params` adds the bias tables."""
+    function, `bucket_params` adds the bias tables. bf16 sets hold their dense weights as bf16
+    (`_pack_bf16`), the rest as float32."""
     W = _Weights(weights)
-    mat = _pack if packed else np.ascontiguousarray
+    mat = _pack_bf16 if precision == "bf16" else _pack if packed else np.ascontiguousarray
     out: dict[str, np.ndarray] = {"shared": W["shared.weight"]}
 
     def ff(prefix):
@@ -148,4 +164,4 @@ def build_params(weights: dict[str, np.ndarray], s: T5Shape, packed: bool) -> di
     if unknown:
         raise CheckpointError(f"the checkpoint holds tensors a T5 of its config does not use: {unknown[:5]}"
                               f"{' ...' if len(unknown) > 5 else ''}; its config.json does not describe these weights")
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+    return {k: v if v.dtype == np.uint16 else np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}

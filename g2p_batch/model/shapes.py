@@ -63,10 +63,23 @@ class T5Shape:
         return asdict(self)
 
 
-def param_specs(s: T5Shape, packed: bool, L: int, T: int) -> dict[str, list[tuple[str, tuple]]]:
-    """Per function, the (name, shape) of every weight parameter in call order."""
+PRECISIONS = ("fp32", "bf16")
+_DENSE = ("qkv", "o", "wi", "wo", "q_cross", "o_cross", "cross_kv", "lm_head")
+
+
+def param_dtype(name: str, precision: str = "fp32") -> str:
+    """A parameter's dtype: bf16 sets keep their dense weights as bf16 bit patterns (uint16),
+    everything else (embeddings, norms, position biases) in float32."""
+    return "uint16" if precision == "bf16" and name.rsplit(".", 1)[-1] in _DENSE else "float32"
+
+
+def param_specs(s: T5Shape, packed: bool, L: int, T: int, precision: str = "fp32") -> dict[str, list[tuple[str, tuple]]]:
+    """Per function, the (name, shape) of every weight parameter in call order; bf16 dense
+    weights are packed [N/16, K/2, 32] (`compile.amx`), fp32 ones [N/16, K, 16] on CPU."""
 
     def w(name, n, k):
+        if precision == "bf16":
+            return (name, (n // PACK, k // 2, 2 * PACK))
         return (name, (n // PACK, k, PACK) if packed else (n, k))
 
     D, I, F = s.d_model, s.inner, s.d_ff

@@ -245,10 +245,14 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     target = manifest["target"]
     if (targets.kind(target) == "gpu") != (device == "cuda"):
         raise ArtifactError(f"artifacts in {path} are for {target['kind']}, not device {device!r}")
+    precision = manifest.get("precision", "fp32")
     missing = targets.required_flags(target) - targets.host_cpu_flags()
     if device == "cpu" and missing and targets.host_cpu_flags():
-        raise ArtifactError(f"artifacts in {path} need CPU features {sorted(missing)} this host lacks; "
-                            "compile them on (or for) this node with --target llvm")
+        fix = ("a bf16 set runs on CPUs with AMX (Sapphire Rapids or newer): use --precision fp32 here"
+               if precision == "bf16" else "compile them on (or for) this node with --target llvm")
+        raise ArtifactError(f"artifacts in {path} need CPU features {sorted(missing)} this host lacks; {fix}")
+    if precision == "bf16":
+        targets.enable_amx()
     shape = T5Shape(**manifest["shape"])
     T = manifest["max_output_len"]
     packed = manifest["kernel_target"] == "cpu"
@@ -263,7 +267,7 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
         compiled[b] = tvm.runtime.load_module(str(path / entry["path"]))
         if b.input_len not in per_len:  # bias tables depend on the length only, not the batch
             per_len[b.input_len] = bucket_params(params, shape, b.input_len, T)
-        specs[b] = (param_specs(shape, packed, b.input_len, T), per_len[b.input_len])
+        specs[b] = (param_specs(shape, packed, b.input_len, T, precision), per_len[b.input_len])
         caches[b] = cache_shapes(shape, b.batch, T, packed)
     engine = TVMEngine(compiled, params, specs, caches, T, device, windows, functions)
     # what the set says about its checkpoint: how words become ids, and which codes it knows
@@ -272,4 +276,5 @@ def load_engine(artifact_dir: str | Path, device: str = "cpu", threads: int | No
     engine.trained_languages = manifest.get("trained_languages") or None
     engine.input_rules = manifest.get("input_rules")
     engine.shape = shape
+    engine.precision = precision
     return engine

@@ -16,13 +16,17 @@ from ..errors import ConfigError
 CUDA_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 CUDA_PTX = "compute_90"
 
-__all__ = ["CUDA_ARCHS", "CUDA_PTX", "cpu_target", "cuda_target", "host_cpu", "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
+__all__ = ["BF16_FLAGS", "CUDA_ARCHS", "CUDA_PTX", "cpu_target", "cuda_target", "enable_amx", "host_cpu",
+           "host_cpu_flags", "kind", "required_flags", "resolve", "short_name"]
 
 _X86_LEVELS = [  # (mcpu, flags it needs): the first whose flags the host has wins
     ("skylake-avx512", {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}),
     ("haswell", {"avx2", "fma", "bmi2"}),
     ("x86-64", set()),
 ]
+# bf16 sets (`--precision bf16`): AMX tiles for the dense layers, AVX-512 for the rest
+BF16_MCPU = "sapphirerapids"
+BF16_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "amx_bf16"}
 
 
 def host_cpu_flags() -> set[str]:
@@ -47,9 +51,15 @@ def _cpuinfo_lines() -> list[str]:
         return []
 
 
-def cpu_target(flags: set[str] | None = None) -> dict:
+def cpu_target(flags: set[str] | None = None, precision: str = "fp32") -> dict:
     """The widest x86 level the host supports, named portably (haswell = AVX2+FMA) so artifacts
-    built on one node load on any node with the same instruction set."""
+    built on one node load on any node with the same instruction set. bf16 sets always target
+    Sapphire Rapids' AMX, whatever the building host has (they are checked where they load)."""
+    if precision == "bf16":
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise ConfigError(f"precision bf16 needs an x86 CPU with AMX; this is {platform.machine()}: "
+                              "use --precision fp32")
+        return {"kind": "llvm", "mtriple": "x86_64-pc-linux-gnu", "mcpu": BF16_MCPU}
     if platform.machine() not in ("x86_64", "AMD64"):
         return {"kind": "llvm"}
     flags = host_cpu_flags() if flags is None else flags
@@ -58,7 +68,20 @@ def cpu_target(flags: set[str] | None = None) -> dict:
 
 
 def required_flags(target: dict) -> set[str]:
+    if target.get("mcpu") == BF16_MCPU:
+        return BF16_FLAGS
     return next((need for name, need in _X86_LEVELS if name == target.get("mcpu")), set())
+
+
+def enable_amx() -> None:
+    """Ask Linux for the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA): a process
+    that runs a tile instruction without it dies of SIGILL. Once per process, for all threads."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(158, 0x1023, 18) != 0:  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+        raise ConfigError(f"the kernel refused AMX tile state (errno {ctypes.get_errno()}): bf16 sets need "
+                          "Linux 5.16 or newer on a CPU with amx_tile; use --precision fp32")
 
 
 def cuda_target(arch: str = "sm_90") -> dict:
@@ -66,10 +89,15 @@ def cuda_target(arch: str = "sm_90") -> dict:
             "thread_warp_size": 32}
 
 
-def resolve(name: str) -> dict:
-    """'llvm' | 'cuda' | 'cuda:sm_80' | a JSON target string."""
+def resolve(name: str, precision: str = "fp32") -> dict:
+    """'llvm' | 'cuda' | 'cuda:sm_80' | a JSON target string; `precision` bf16 is CPU only."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision {precision!r} is not one of fp32, bf16")
     if name == "llvm":
-        return cpu_target()
+        return cpu_target(precision=precision)
+    if precision == "bf16":
+        raise ConfigError(f"precision bf16 runs on CPUs with AMX (target llvm), not target {name!r}; "
+                          "use --precision fp32 there")
     if name.startswith("cuda"):
         _, _, arch = name.partition(":")
         return cuda_target(arch or "sm_90")

@@ -26,8 +26,9 @@ from ..model.shapes import T5Shape
 from ..settings import setting
 from .lexicon import Entry, charsiu_data, read
 
-ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8", "tvm-beam4", "transformers-beam4")
-DEFAULT_ENGINES = ENGINES[:4]  # greedy, as the job runs by default; the -beam4 pair: 4 beams, 4 best
+ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8", "tvm-beam4", "transformers-beam4", "tvm-bf16")
+DEFAULT_ENGINES = ENGINES[:4]  # greedy, as the job runs by default; the -beam4 pair: 4 beams, 4 best;
+# tvm-bf16: the bf16 set (AMX) beside the fp32 one, whatever --precision says
 BEAMS = 4
 
 
@@ -42,6 +43,7 @@ class BenchConfig:
     steps: int = setting(14, help="forced decoder steps for every engine; 0: natural EOS (trained checkpoints)")
     threads: int = setting(help="threads for every engine (default: all cores)", factory=lambda: os.cpu_count() or 1)
     engines: str = setting(",".join(DEFAULT_ENGINES), help="comma-separated: " + ",".join(ENGINES))
+    precision: str = setting("fp32", help="precision of the tvm engines (tvm-bf16 is always bf16): fp32 or bf16")
     device: str = setting("cpu", help="cpu or cuda")
     latency_runs: int = setting(20, help="batch-1 calls timed for the latency")
     rounds: int = setting(3, help="timed passes per engine, the engines taking turns (with --ray: rounds of all four runs); the median counts")
@@ -59,6 +61,8 @@ class BenchConfig:
         unknown = [n for n in names if n not in ENGINES]
         if unknown or not names:
             raise ConfigError(f"unknown engine(s) {unknown}; choose from {list(ENGINES)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision {self.precision!r} is not one of fp32, bf16")
 
     @property
     def forced_steps(self) -> int | None:
@@ -317,7 +321,7 @@ def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- engines
 
 
-def _tvm_engine(cfg, ckpt, beams: int = 1):
+def _tvm_engine(cfg, ckpt, beams: int = 1, precision: str = "fp32"):
     from ..compile.artifacts import CompileConfig, ensure_artifacts
     from ..runtime.engine import load_engine
 
@@ -330,8 +334,9 @@ def _tvm_engine(cfg, ckpt, beams: int = 1):
     # each extra module costs a CUDA JIT at load.
     small = (8, 32) if target == "llvm" else ()
     sizes = sorted({s for s in small if s < cfg.batch} | {1, cfg.batch}) if beams == 1 else [beams, beams * cfg.batch]
-    art = ensure_artifacts(CompileConfig(checkpoint=ckpt, target=target, batch_sizes=sizes, max_input_bytes=64,
-                                         max_output_len=cfg.max_output_len, artifacts_dir=cfg.cache_dir))
+    art = ensure_artifacts(CompileConfig(checkpoint=ckpt, target=target, precision=precision, batch_sizes=sizes,
+                                         max_input_bytes=64, max_output_len=cfg.max_output_len,
+                                         artifacts_dir=cfg.cache_dir))
     return load_engine(art, device=cfg.device, threads=cfg.threads)
 
 
@@ -346,7 +351,8 @@ def _params_for(artifacts: str, ckpt: str) -> dict:
     if T5Shape.from_hf_config(cp.config) != shape:
         raise ArtifactError(f"checkpoint {ckpt} has shape {T5Shape.from_hf_config(cp.config)}, the artifacts "
                             f"in {artifacts} were compiled for {shape}")
-    return build_params(cp.weights, shape, packed=manifest["kernel_target"] == "cpu")
+    return build_params(cp.weights, shape, packed=manifest["kernel_target"] == "cpu",
+                        precision=manifest.get("precision", "fp32"))
 
 
 def _tvm_batch_runner(eng, rows, steps, beams: int = 1):
@@ -371,14 +377,14 @@ def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
         raise ConfigError(f"unknown engine {name!r}; choose from {list(ENGINES)}")
     beams = BEAMS if name.endswith(f"-beam{BEAMS}") else 1
     if name.startswith("tvm"):
-        return tvm_runner(cfg, ckpt, rows, steps, beams)
+        return tvm_runner(cfg, ckpt, rows, steps, beams, "bf16" if name == "tvm-bf16" else cfg.precision)
     if name.startswith("transformers"):
         return transformers_runner(cfg, ckpt, rows, steps, beams)
     return ct2_runner(cfg, ckpt, rows, steps, "float32" if name == "ct2-fp32" else "int8")
 
 
-def tvm_runner(cfg, ckpt, rows, steps, beams: int = 1) -> Runner:
-    eng = _tvm_engine(cfg, ckpt, beams)
+def tvm_runner(cfg, ckpt, rows, steps, beams: int = 1, precision: str = "fp32") -> Runner:
+    eng = _tvm_engine(cfg, ckpt, beams, precision)
     run_batch, _ = _tvm_batch_runner(eng, rows, steps, beams)
     smallest = min(b.batch for b in beam_buckets(eng.buckets, beams))
     if smallest == 1:
@@ -399,7 +405,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     ckpt = bench_checkpoint(cfg)
     rows = input_rows(ckpt, sample_words(cfg.data, cfg.words, cfg.seed), check=False)
     idx = length_sorted_batches(rows, cfg.batch)[len(rows) // cfg.batch // 2]
-    eng = _tvm_engine(cfg, ckpt)
+    eng = _tvm_engine(cfg, ckpt, precision=cfg.precision)
     run_batch, input_len = _tvm_batch_runner(eng, rows, cfg.forced_steps)
     for _ in range(2):
         run_batch(idx)
@@ -562,7 +568,7 @@ def plot(result: dict, path: Path) -> None:
     names = [n for n, r in result["engines"].items() if "words_per_s" in r]
     vals = [result["engines"][n]["words_per_s"] for n in names]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.barh(names, vals, color=["#2a7" if n == "tvm" else "#888" for n in names])
+    ax.barh(names, vals, color=["#2a7" if n.startswith("tvm") else "#888" for n in names])
     for y, v in enumerate(vals):
         ax.text(v, y, f" {v:.0f}", va="center")
     cfg = result["config"]

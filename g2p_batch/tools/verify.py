@@ -52,11 +52,14 @@ class VerifyReport:
     tvm_text: list[str] = field(default_factory=list)
     ref_text: list[str] = field(default_factory=list)
     per_lang: dict = field(default_factory=dict)        # lang -> {"n", "tvm": (per, wer), "ref": (per, wer)}
+    precision: str = "fp32"
+    fp32_text: list[str] = field(default_factory=list)  # bf16 runs: the fp32 set's output, row by row
+    fp32_mismatches: list[int] = field(default_factory=list)
 
 
 def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = PromptFormat(),
         reference=None, progress: bool = False, stop_loops: bool = True, rules: InputRules | None = None,
-        capitalize: bool = False) -> VerifyReport:
+        capitalize: bool = False, fp32: Engine | None = None) -> VerifyReport:
     """TVM on our ids, the reference on CharsiuG2P's (`reference.Reference`), row by row.
 
     A row the engine stopped as a loop (`stop_loops`) matches when its tokens are the start of
@@ -82,6 +85,8 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
     rep.rows = len(kept)
     rep.tvm_text = [""] * len(kept)
     rep.ref_text = [""] * len(kept)
+    rep.precision = getattr(engine, "precision", "fp32")
+    rep.fp32_text = [""] * len(kept) if fp32 is not None else []
     T = engine.max_output_len
     for idx, ids in tqdm(list(consecutive_batches(rows, batch, engine.buckets)), desc="verify", disable=not progress):
         t0 = time.perf_counter()
@@ -92,6 +97,12 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
         for r, i in enumerate(idx):
             rep.tvm_text[i] = decode(out.tokens[r])
         rep.looped += [i for r, i in enumerate(idx) if looped[r]]
+        if fp32 is not None:
+            base = fp32.decode(ids, stop_loops=stop_loops)
+            for r, i in enumerate(idx):
+                rep.fp32_text[i] = decode(base.tokens[r])
+                if not np.array_equal(base.tokens[r], out.tokens[r]):
+                    rep.fp32_mismatches.append(i)
         if reference is None:
             continue
         t0 = time.perf_counter()
@@ -117,6 +128,9 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
         entry = {"n": len(ix), "tvm": metrics.per_wer([rep.tvm_text[i] for i in ix], refs)}
         if reference is not None:
             entry["ref"] = metrics.per_wer([rep.ref_text[i] for i in ix], refs)
+        if fp32 is not None:
+            entry["fp32"] = metrics.per_wer([rep.fp32_text[i] for i in ix], refs)
+            entry["fp32_mismatch_rate"] = len(set(ix) & set(rep.fp32_mismatches)) / len(ix)
         rep.per_lang[lang] = entry
     return rep
 
@@ -137,7 +151,8 @@ def summary_lines(rep: VerifyReport, entries: list[Entry], batch: int, prompt: P
              f"(stopped as loops: {len(rep.looped)})"]
     if with_reference:
         lines += [f"transformers: {rep.rows / max(rep.ref_seconds, 1e-9):.1f} words/s",
-                  f"mismatching rows: {len(rep.mismatches)}"]
+                  f"mismatching rows: {len(rep.mismatches)} ({len(rep.mismatches) / max(rep.rows, 1):.2%}, "
+                  f"tvm {rep.precision} against transformers)"]
         if rep.looped:
             lines.append(f"rows stopped as loops where transformers later ended with EOS: {len(rep.loops_ended_later)}")
     if rep.per_lang:
@@ -150,7 +165,33 @@ def summary_lines(rep: VerifyReport, entries: list[Entry], batch: int, prompt: P
     return lines
 
 
+# bf16 mode's accuracy gate against fp32 on the same rows: mean PER and WER over languages, the
+# worst language's PER, and the share of rows whose output is identical
+GATE_MEAN, GATE_LANG, GATE_IDENTICAL = 0.002, 0.01, 0.98
+
+
+def bf16_gate(rep: VerifyReport) -> tuple[list[str], bool]:
+    """The gate's lines and whether it passes (needs `run(..., fp32=...)`); languages over the
+    per-language bound are named with their mismatch rate."""
+    per, wer = mean_scores(rep.per_lang, "tvm")
+    fper, fwer = mean_scores(rep.per_lang, "fp32")
+    same = 1 - len(rep.fp32_mismatches) / max(rep.rows, 1)
+    worse = {lang: v["tvm"][0] - v["fp32"][0] for lang, v in rep.per_lang.items() if "fp32" in v}
+    over = sorted((d, lang) for lang, d in worse.items() if d > GATE_LANG)
+    checks = [abs(per - fper) <= GATE_MEAN, abs(wer - fwer) <= GATE_MEAN, not over, same >= GATE_IDENTICAL]
+    lines = [f"bf16 PER {per:.4f} WER {wer:.4f} | fp32 PER {fper:.4f} WER {fwer:.4f} "
+             f"(differences {per - fper:+.4f}, {wer - fwer:+.4f}; bound {GATE_MEAN})",
+             f"rows identical to fp32: {same:.2%} ({len(rep.fp32_mismatches)} of {rep.rows} differ; bound "
+             f"{GATE_IDENTICAL:.0%})",
+             f"worst language: {max(worse, key=worse.get) if worse else '-'} PER {max(worse.values(), default=0):+.4f} "
+             f"against fp32 (bound {GATE_LANG})"]
+    lines += [f"  over the bound: {lang} PER {d:+.4f}, {rep.per_lang[lang]['fp32_mismatch_rate']:.1%} of rows differ"
+              for d, lang in reversed(over)]
+    lines.append("accuracy gate: " + ("PASS" if all(checks) else "FAIL"))
+    return lines, all(checks)
+
+
 def to_json(rep: VerifyReport, prompt: PromptFormat) -> dict:
-    return {"rows": rep.rows, "mismatches": rep.mismatches, "truncated": rep.truncated, "looped": len(rep.looped),
+    return {"rows": rep.rows, "precision": rep.precision, "fp32_mismatches": len(rep.fp32_mismatches), "mismatches": rep.mismatches, "truncated": rep.truncated, "looped": len(rep.looped),
             "loops_ended_later": len(rep.loops_ended_later), "prompt": prompt.to_dict(), "per_lang": rep.per_lang,
             "skipped": rep.skipped}
