@@ -30,6 +30,7 @@ from .job.actor import RowRules, TranscribeActor
 from .job.config import resolve_actor_groups
 from .job.lexicon import read_lexicons
 from .job.writer import output_table
+from .model.shapes import PRECISIONS
 from .settings import setting
 
 __all__ = ["StageConfig", "Transcribe", "TranscribeStage", "transcribe_stage"]
@@ -72,8 +73,8 @@ class StageConfig:
                               f"(one code for every row); got lang_column={self.lang_column!r}, lang={self.lang!r}")
         if self.target not in ("auto", "llvm", "cuda"):
             raise ConfigError(f"target {self.target!r} is not one of ['auto', 'llvm', 'cuda']")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision {self.precision!r} is not one of ['fp32', 'bf16']")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 from ..decode.engine import beam_buckets, fit_bucket
 from ..decode.tokenizer import PromptFormat, encode, encode_text, pad_batch
 from ..errors import ArtifactError, ConfigError
-from ..model.shapes import T5Shape
+from ..model.shapes import PRECISIONS, T5Shape
 from ..settings import setting
 from .lexicon import Entry, charsiu_data, read
 
@@ -61,8 +61,8 @@ class BenchConfig:
         unknown = [n for n in names if n not in ENGINES]
         if unknown or not names:
             raise ConfigError(f"unknown engine(s) {unknown}; choose from {list(ENGINES)}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"--precision {self.precision!r} is not one of fp32, bf16")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r} is not one of {list(PRECISIONS)}")
 
     @property
     def forced_steps(self) -> int | None:
