@@ -31,7 +31,7 @@ from .job.config import resolve_actor_groups
 from .job.lexicon import read_lexicons
 from .job.writer import output_table
 from .model.shapes import PRECISIONS
-from .settings import setting
+from .settings import check_choice, setting
 
 __all__ = ["StageConfig", "Transcribe", "TranscribeStage", "transcribe_stage"]
 
@@ -71,10 +71,8 @@ class StageConfig:
         if (self.lang_column is None) == (self.lang is None):
             raise ConfigError("set exactly one of lang_column (a column of language codes) and lang "
                               f"(one code for every row); got lang_column={self.lang_column!r}, lang={self.lang!r}")
-        if self.target not in ("auto", "llvm", "cuda"):
-            raise ConfigError(f"target {self.target!r} is not one of ['auto', 'llvm', 'cuda']")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        check_choice("target", self.target, ("auto", "llvm", "cuda"))
+        check_choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass

@@ -74,6 +74,11 @@ def int_list(key: str, value) -> list[int]:
     return sorted(set(out))
 
 
+def check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r} is not one of {list(choices)}")
+
+
 def check_int(key: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")

@@ -161,3 +161,13 @@ def test_a_bf16_job_does_not_resume_into_an_fp32_output():
     bf16 = dataclasses.replace(fp32, precision="bf16")
     assert _fingerprint(fp32)[0] != _fingerprint(bf16)[0]
     assert "precision" not in _fingerprint(fp32)[1] and _fingerprint(bf16)[1]["precision"] == "bf16"
+
+
+def test_a_bf16_set_of_a_non_gated_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    from g2p_batch.tools import checkpoints
+
+    ck = checkpoints.make("micro,feed_forward_proj=relu", 0, tmp_path / "ck")
+    with pytest.raises(ConfigError, match="gated-gelu.*--precision fp32"):
+        ensure_artifacts(checkpoint=str(ck), precision="bf16", batch_sizes=[8], input_buckets=[24],
+                         max_input_bytes=24, artifacts_dir=str(tmp_path / "art"), progress=False)
+    assert not (tmp_path / "art").exists() or not any((tmp_path / "art").rglob("*.safetensors"))

@@ -26,7 +26,7 @@ from ..model.params import build_params
 from ..model.shapes import PRECISIONS, T5Shape
 from ..runtime import targets
 from ..runtime.manifest import FORMAT, params_file
-from ..settings import check_int, int_list, setting
+from ..settings import check_choice, check_int, int_list, setting
 
 __all__ = ["CompileConfig", "default_root", "ensure_artifacts", "kernel_source"]
 
@@ -66,8 +66,7 @@ class CompileConfig:
             self.input_buckets = int_list("input_buckets", self.input_buckets)
         for key in ("max_input_bytes", "max_output_len"):
             check_int(key, getattr(self, key), minimum=1)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
         odd = [b for b in self.batch_sizes if b > 16 and b % 16]
         if self.precision == "bf16" and odd:
             raise ConfigError(f"batch sizes {odd} do not fit bf16 sets, whose AMX tiles take 16 rows: use sizes "
@@ -113,6 +112,9 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
     T = config.max_output_len
     identity = cp.identity()
     shape = T5Shape.from_hf_config(cp.config)
+    if precision == "bf16" and not (shape.gated and shape.act == "gelu_new"):  # before anything is written
+        raise ConfigError(f"precision bf16 has kernels for gated-gelu feed-forwards (every CharsiuG2P checkpoint), "
+                          f"not {'gated-' if shape.gated else ''}{shape.act}; use --precision fp32")
     source = kernel_source()
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from tvm import s_tir, te, tirx
 
 from ..model.shapes import PACK, TOKEN_BLOCK, key_block, key_cache_shape
+from ..runtime import targets
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def dense_tile(target: dict) -> tuple[int, int]:
     """The CPU dense kernels' register tile (rows, columns): 8x32 on AVX-512 (286 GFLOP/s on a
     2048x256x2048 matmul at 2 threads, against 147 for 4x16); 4x16 on AVX2, whose 16 vector
     registers cannot hold an 8x32 tile."""
-    return (8, 32) if target.get("mcpu") in ("skylake-avx512", "sapphirerapids") else (4, 16)
+    return (8, 32) if target.get("mcpu") in ("skylake-avx512", targets.BF16_MCPU) else (4, 16)
 
 
 def _tokens():

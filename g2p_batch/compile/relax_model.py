@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from tvm import relax, tirx
 
-from ..errors import ConfigError
 from ..model.shapes import (
     PACK,
     TOKEN_BLOCK,
@@ -94,9 +93,7 @@ class _Builder:
         F = s.d_ff
         rows, tag = self.rows(M)
         if self.tgt.precision == "bf16":  # gelu_new(a) * b on the AMX block, written as bf16
-            if not (s.gated and s.act == "gelu_new"):
-                raise ConfigError(f"precision bf16 has kernels for gated-gelu feed-forwards (every CharsiuG2P "
-                                  f"checkpoint), not {'gated-' if s.gated else ''}{s.act}; use --precision fp32")
+            assert s.gated and s.act == "gelu_new", "checked by artifacts.ensure_artifacts"
             act = self.call(f"amx_dense_{tag}x{s.d_model}x{2 * F}_gated",
                             lambda: amx.amx_dense(M, s.d_model, 2 * F, "gated"), [h, wi], (rows, F), "uint16",
                             tokens=M is None)

@@ -15,7 +15,7 @@ from ..decode.engine import DEFAULT_BATCH_SIZES, default_input_lengths
 from ..errors import ConfigError
 from ..model.languages import model_languages, read_lang_list
 from ..model.shapes import PRECISIONS
-from ..settings import check_int, int_list, load, setting
+from ..settings import check_choice, check_int, int_list, load, setting
 
 __all__ = ["ActorGroup", "JobConfig", "TARGETS", "load_config", "resolve_actor_groups"]
 
@@ -77,10 +77,8 @@ class JobConfig:
         if self.lang_column == self.word_column:
             raise ConfigError(f"lang_column and word_column are both {self.word_column!r}; "
                               "point lang_column at the column of language codes")
-        if self.target not in TARGETS:
-            raise ConfigError(f"target {self.target!r} is not one of {list(TARGETS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        check_choice("target", self.target, TARGETS)
+        check_choice("precision", self.precision, PRECISIONS)
         if self.precision == "bf16" and self.target == "cuda":
             raise ConfigError("precision bf16 is a CPU mode (AMX tiles); a cuda job runs fp32: set precision "
                               "fp32 or target llvm")

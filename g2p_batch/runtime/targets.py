@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..model.shapes import PRECISIONS
+from ..settings import check_choice
 
 # device code shipped in a CUDA set: the datacenter GPUs of the last generations, and PTX the
 # driver compiles for anything newer
@@ -92,8 +93,7 @@ def cuda_target(arch: str = "sm_90") -> dict:
 
 def resolve(name: str, precision: str = "fp32") -> dict:
     """'llvm' | 'cuda' | 'cuda:sm_80' | a JSON target string; `precision` bf16 is CPU only."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if name == "llvm":
         return cpu_target(precision=precision)
     if precision == "bf16":

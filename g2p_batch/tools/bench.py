@@ -23,7 +23,7 @@ from ..decode.engine import beam_buckets, fit_bucket
 from ..decode.tokenizer import PromptFormat, encode, encode_text, pad_batch
 from ..errors import ArtifactError, ConfigError
 from ..model.shapes import PRECISIONS, T5Shape
-from ..settings import setting
+from ..settings import check_choice, setting
 from .lexicon import Entry, charsiu_data, read
 
 ENGINES = ("tvm", "transformers", "ct2-fp32", "ct2-int8", "tvm-beam4", "transformers-beam4", "tvm-bf16")
@@ -61,8 +61,7 @@ class BenchConfig:
         unknown = [n for n in names if n not in ENGINES]
         if unknown or not names:
             raise ConfigError(f"unknown engine(s) {unknown}; choose from {list(ENGINES)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        check_choice("precision", self.precision, PRECISIONS)
 
     @property
     def forced_steps(self) -> int | None:

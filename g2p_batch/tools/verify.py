@@ -119,6 +119,7 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
                     rep.loops_ended_later.append(i)
             elif not np.array_equal(out.tokens[r], ref[r]):
                 rep.mismatches.append(i)
+    differ = set(rep.fp32_mismatches)
     by_lang = defaultdict(list)
     for i, e in enumerate(kept):
         if e.pron:
@@ -130,7 +131,7 @@ def run(engine: Engine, entries: list[Entry], batch: int, fmt: PromptFormat = Pr
             entry["ref"] = metrics.per_wer([rep.ref_text[i] for i in ix], refs)
         if fp32 is not None:
             entry["fp32"] = metrics.per_wer([rep.fp32_text[i] for i in ix], refs)
-            entry["fp32_mismatch_rate"] = len(set(ix) & set(rep.fp32_mismatches)) / len(ix)
+            entry["fp32_mismatch_rate"] = sum(i in differ for i in ix) / len(ix)
         rep.per_lang[lang] = entry
     return rep
 
