@@ -133,3 +133,30 @@ def test_each_instruction_set_gets_its_own_folder():
     assert avx2["mcpu"] != avx512["mcpu"]
     assert targets.short_name(avx2) != targets.short_name(avx512)
     assert targets.short_name(targets.cuda_target("sm_80")) == "cuda-sm_80"
+
+
+def test_a_bucket_that_fails_to_build_fails_the_build_and_keeps_the_others(tmp_path, monkeypatch):
+    """Buckets compile on several threads at once: one bucket's error reaches the caller, and
+    the buckets built beside it stay in the manifest, so the next call builds only what is
+    missing."""
+    from g2p_batch.compile import builder
+
+    ck, root = tmp_path / "model", tmp_path / "artifacts"
+    checkpoints.make("micro", 0, ck)
+    real, built = builder.build_bucket, []
+
+    def build(shape, B, L, *args, fail=True, **kwargs):
+        if L == 32 and fail:
+            raise RuntimeError("bucket 32 failed")
+        built.append(L)
+        return real(shape, B, L, *args, **kwargs)
+    monkeypatch.setattr(builder, "build_bucket", build)
+    kw = dict(checkpoint=str(ck), target="llvm", batch_sizes=[8], input_buckets=[16, 32], max_input_bytes=64,
+              max_output_len=8, artifacts_dir=str(root), progress=False)
+    with pytest.raises(RuntimeError, match="bucket 32 failed"):
+        artifacts.ensure_artifacts(**kw)
+    (out,) = (root / ck.name).glob("*-out8")
+    assert [b["input_len"] for b in _manifest(out)["buckets"]] == [16]
+    monkeypatch.setattr(builder, "build_bucket", lambda *a, **k: build(*a, fail=False, **k))
+    assert artifacts.ensure_artifacts(**kw) == out
+    assert built == [16, 32] and [b["input_len"] for b in _manifest(out)["buckets"]] == [16, 32]

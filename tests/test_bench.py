@@ -94,14 +94,14 @@ def test_no_batch_1_latency_from_a_set_without_batch_1(monkeypatch):
         local = _Local(bench.tvm_runner(cfg, None, rows, 14), batches, cfg.latency_runs)
         return bench._measure({"tvm": local}, 1, progress=lambda m: None)["tvm"]
 
-    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt, beams=1, precision="fp32": fake_engine((8,)))
+    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt, rows, beams=1, precision="fp32": fake_engine((8,)))
     r = measure()
     assert "latency_ms" not in r and "padded to 8 rows" in r["latency_note"]
     assert len(decoded) == 2  # the two batches; no padded single-word runs
     name, words_per_s, ratio, b1_ms, *_ = bench.table({"engines": {"tvm": r}}).splitlines()[2].split()
     assert name == "tvm" and b1_ms == "-"  # no batch-1 latency to show
 
-    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt, beams=1, precision="fp32": fake_engine((1, 8)))
+    monkeypatch.setattr(bench, "_tvm_engine", lambda cfg, ckpt, rows, beams=1, precision="fp32": fake_engine((1, 8)))
     assert "latency_ms" in measure()
 
 

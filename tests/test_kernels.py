@@ -65,6 +65,26 @@ def test_dense_tiles_match_numpy(tile, rows, N, residual):
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_encoder_column_groups_keep_every_sum_in_order(monkeypatch):
+    """The packed encoder's layers run several column blocks a task (`_col_group`); each output
+    still sums over k in the same order, so they equal the one-block form bit for bit."""
+    tile, Kd, N, m = (8, 32), 64, 128, 3
+    monkeypatch.setattr(K, "L2_BYTES", Kd * N * 4 - 1)  # weights that outgrow "L2"
+    assert K._col_group(None, Kd, N, tile) == 4 and K._col_group(16 * m, Kd, N, tile) == 1
+    rng = np.random.default_rng(1)
+    x, w, r = (rng.standard_normal(s).astype(np.float32) for s in ((16 * m, Kd), (N, Kd), (16 * m, N)))
+    packed = np.ascontiguousarray(w.reshape(N // PACK, PACK, Kd).transpose(0, 2, 1))
+    dev = tvm.cpu()
+    outs = []
+    for rows in (None, 16 * m):
+        fn = _build(K.dense(rows, Kd, N, K.KernelTarget("cpu", tile), residual=True))
+        out = tvm.runtime.tensor(np.zeros((16 * m, N), np.float32), dev)
+        fn(*(tvm.runtime.tensor(a, dev) for a in (x, packed, r)), *([m] if rows is None else []), out)
+        outs.append(out.numpy())
+    np.testing.assert_allclose(outs[0], x @ w.T + r, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(outs[0], outs[1])
+
+
 def _allocas_outside_entry_blocks(ll: str) -> list[str]:
     """An alloca in a loop's block takes new stack on every pass; in a function's (or a parallel
     task's) entry block it is taken once per call."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,24 +153,42 @@ def ensure_artifacts(config: CompileConfig | None = None, progress: bool = True,
             "params": _write_params(cp, shape, target, out, precision), "languages": model_languages(), "buckets": [],
         }
         todo = config.buckets()
-    log.info("compiling %d bucket(s) of %s for %s into %s", len(todo), cp.name, target, out)
+    workers = min(len(todo), os.cpu_count() or 1)
+    log.info("compiling %d bucket(s) of %s for %s into %s (%d at once)", len(todo), cp.name, target, out, workers)
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"compile {cp.name} ({targets.short_name(target)})", unit="bucket",
                disable=not progress)
-    for b in todo:
-        rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
+
+    def build(b: Bucket) -> tuple[Bucket, dict, float]:
         t0 = time.perf_counter()
+        rel = f"b{b.batch}_in{b.input_len}_out{T}/model.so"
         built = build_bucket(shape, b.batch, b.input_len, T, target, out / rel, precision=precision)
-        manifest["buckets"] = [e for e in manifest["buckets"] if (e["batch"], e["input_len"]) != (b.batch, b.input_len)]
-        manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, "path": rel,
-                                    "sha256": storage.sha256_of(out / rel), **built,
-                                    "compile_seconds": round(time.perf_counter() - t0, 2),
-                                    "kernel_source": source})
-        manifest["buckets"].sort(key=lambda e: (e["batch"], e["input_len"]))
-        manifest["max_input_bytes"] = max(manifest["max_input_bytes"], b.input_len)
-        _write_json(manifest_path, manifest)  # after each bucket: an interrupted build keeps its work
-        bar.update(1)
+        return b, {"path": rel, **built}, time.perf_counter() - t0
+
+    # one thread per core: a bucket's compile is mostly TVM and LLVM code outside Python's lock
+    failed = None
+    with ThreadPoolExecutor(workers) as pool:
+        try:
+            for done in as_completed([pool.submit(build, b) for b in todo]):
+                if done.exception() is not None:  # the others still finish and are recorded
+                    failed = failed or done.exception()
+                    continue
+                b, entry, seconds = done.result()
+                manifest["buckets"] = [e for e in manifest["buckets"]
+                                       if (e["batch"], e["input_len"]) != (b.batch, b.input_len)]
+                manifest["buckets"].append({"batch": b.batch, "input_len": b.input_len, **entry,
+                                            "sha256": storage.sha256_of(out / entry["path"]),
+                                            "compile_seconds": round(seconds, 2), "kernel_source": source})
+                manifest["buckets"].sort(key=lambda e: (e["batch"], e["input_len"]))
+                manifest["max_input_bytes"] = max(manifest["max_input_bytes"], b.input_len)
+                _write_json(manifest_path, manifest)  # after each bucket: an interrupted build keeps its work
+                bar.update(1)
+        except BaseException:  # Ctrl-C: buckets not started are dropped; running ones finish
+            pool.shutdown(cancel_futures=True)
+            raise
+    if failed is not None:
+        raise failed
     bar.close()
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,9 @@ from .relax_model import build_module
 __all__ = ["build_bucket", "build_fatbin", "compile_bucket", "cuda_source"]
 
 log = logging.getLogger("g2p_batch.compile")
+# Relax's BlockBuilder keeps one process-wide stack, so models are built one at a time; TVM's
+# lowering and LLVM's code generation, most of a bucket's compile time, run on many threads at once
+_MODEL_LOCK = threading.Lock()
 
 
 def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir: Path | None = None,
@@ -31,7 +35,8 @@ def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir
 
     tkind = targets.kind(target)
     t0 = time.perf_counter()
-    mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind, K.dense_tile(target), precision))
+    with _MODEL_LOCK:
+        mod, _ = build_module(shape, B, L, T, K.KernelTarget(tkind, K.dense_tile(target), precision))
     log.info("b%d_in%d_out%d: model built (%.1fs)", B, L, T, time.perf_counter() - t0)
     tgt = tvm.target.Target(target, host=targets.cpu_target()) if tkind == "gpu" else tvm.target.Target(target)
     if dump_ir:
@@ -39,7 +44,7 @@ def compile_bucket(shape: T5Shape, B: int, L: int, T: int, target: dict, dump_ir
         (dump_ir / f"b{B}_in{L}_out{T}.model.py").write_text(mod.script())
     if tkind == "gpu":
         from . import cuda_rules
-        with tgt:
+        with _MODEL_LOCK, tgt:
             mod = dl.ApplyDefaultSchedule(*cuda_rules.rules())(mod)
         ex = tvm.compile(mod, tgt)
     else:

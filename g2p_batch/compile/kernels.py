@@ -90,7 +90,7 @@ def _dense_compute(x, w, M, N, packed):
 
 
 def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | None = None,
-                    cols_outer: bool = False):
+                    cols_outer: bool = False, group: int = 1):
     """rows x cols register tile (cols a multiple of PACK: one vector per packed strip), k
     unrolled by 4, parallel over (row tile, column block); `epilogue="residual"` folds
     `out = y + r` into the tile's write-back.
@@ -98,22 +98,32 @@ def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | 
     `cols_outer` walks column blocks outermost: a block's weight strip (cols x K floats) stays
     in L1 while every row tile passes over it, so the weights stream from memory once instead
     of once per row tile. It pays where the weights outgrow the cache and the rows do not (the
-    decoder's layers, the encoder's wide ones; PERF.md, "Kernels"). Each output's sum over k
-    runs in the same order either way."""
+    decoder's layers, the encoder's wide ones; PERF.md, "Kernels").
+
+    `group` > 1 makes each task one row tile against `group` column blocks, in tasks ordered by
+    column group: the group's weights stay in L2 while the rows pass (`_col_group`). Each
+    output's sum over k runs in the same order in every form."""
     blk = sch.get_sblock("dense")
     i, j, k = sch.get_loops(blk)
     rows, cols = tile
     mi = _row_tile(M, rows)
     nj = cols if N % cols == 0 else PACK
     i0, i1 = sch.split(i, [None, mi])
-    j0, js, j1 = sch.split(j, [None, nj // PACK, PACK])
     k0, k1 = sch.split(k, [None, 4]) if _k_divisible(sch, blk, 4) else (k, None)
-    outer = [j0, i0] if cols_outer else [i0, j0]
-    sch.reorder(*outer, k0, *([k1] if k1 is not None else []), i1, js, j1)
+    k_in = [k1] if k1 is not None else []
+    if group > 1:
+        jg, j0, js, j1 = sch.split(j, [None, group, nj // PACK, PACK])
+        outer, tile_loop = [jg, i0], j0
+        sch.reorder(jg, i0, j0, k0, *k_in, i1, js, j1)
+    else:
+        j0, js, j1 = sch.split(j, [None, nj // PACK, PACK])
+        outer = [j0, i0] if cols_outer else [i0, j0]
+        tile_loop = outer[1]
+        sch.reorder(*outer, k0, *k_in, i1, js, j1)
     local = sch.cache_write(blk, 0, "local")
     if epilogue == "residual":
         sch.reverse_compute_inline(sch.get_sblock("out"))
-    sch.reverse_compute_at(local, outer[1])
+    sch.reverse_compute_at(local, tile_loop)
     sch.vectorize(sch.split(sch.get_loops(local)[-1], [None, PACK])[1])
     sch.parallel(sch.fuse(*outer))
     if k1 is not None:
@@ -122,7 +132,7 @@ def _schedule_dense(sch, M: int, N: int, tile: tuple[int, int], epilogue: str | 
     sch.unroll(js)
     sch.vectorize(j1)
     sch.decompose_reduction(blk, k0)
-    if cols_outer:
+    if cols_outer and group == 1:
         _prefetch_next_block(sch, sch.get_loops(sch.get_sblock("dense_local"))[0], M, mi, nj)
 
 
@@ -175,9 +185,27 @@ def _cols_outer(M: int | None, N: int) -> bool:
     return M is not None or N >= 2048
 
 
+L2_BYTES = 2 << 20  # a core's L2 on the Xeons measured (Sapphire Rapids)
+GROUP_BYTES = L2_BYTES // 2  # a column group's weights
+
+
+def _col_group(M: int | None, K: int, N: int, tile: tuple[int, int]) -> int:
+    """Column blocks per task in the packed encoder's layers whose weights outgrow L2, on the
+    8x32 tile: the largest of 4 and 2 whose weights fit GROUP_BYTES, else 1. With one block a
+    task, each row tile streamed all the layer's weights from L3 (byt5-small's qkv alone: 226 ->
+    312 GFLOP/s at 4; PERF.md). Layers that fit L2 (tiny_8's) gained alone but not in the model,
+    and lost batch-1 latency. The decoder's fixed rows walk column blocks outermost instead, and
+    the AVX2 tile is unmeasured."""
+    cols = tile[1]
+    if M is not None or tile != (8, 32) or N % cols or K * N * 4 <= L2_BYTES:
+        return 1
+    return next(g for g in (4, 2, 1) if g == 1 or ((N // cols) % g == 0 and g * cols * K * 4 <= GROUP_BYTES))
+
+
 def dense(M: int | None, K: int, N: int, tgt: KernelTarget, residual: bool = False):
     """y = x @ W^T, plus the residual r when `residual` (T5 has no dense biases)."""
     cols_outer = _cols_outer(M, N)
+    group = _col_group(M, K, N, tgt.tile)
     M, scalars = _rows(M)
     x = te.placeholder((M, K), "float32", name="x")
     wshape = (N // PACK, K, PACK) if tgt.packed else (N, K)
@@ -193,7 +221,7 @@ def dense(M: int | None, K: int, N: int, tgt: KernelTarget, residual: bool = Fal
     sched = None
     if tgt.kind == "cpu":
         def sched(sch):
-            _schedule_dense(sch, M, N, tgt.tile, "residual" if residual else None, cols_outer)
+            _schedule_dense(sch, M, N, tgt.tile, "residual" if residual else None, cols_outer, group)
     return _finish(args + scalars + [out], sched)
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..decode.engine import beam_buckets, fit_bucket
+from ..decode.engine import beam_buckets, default_input_lengths, fit_bucket
 from ..decode.tokenizer import PromptFormat, encode, encode_text, pad_batch
 from ..errors import ArtifactError, ConfigError
 from ..model.shapes import PRECISIONS, T5Shape
@@ -320,7 +320,14 @@ def length_sorted_batches(rows: list[list[int]], batch: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- engines
 
 
-def _tvm_engine(cfg, ckpt, beams: int = 1, precision: str = "fp32"):
+def _input_lengths(rows: list[list[int]], batch: int) -> list[int]:
+    """The input buckets the bench's batches and its one-word latency call run at: a set is
+    compiled for those only (a later bench of other words adds what it lacks)."""
+    longest = [max(len(rows[i]) for i in b) for b in length_sorted_batches(rows, batch)] + [len(rows[0])]
+    return sorted({next(L for L in default_input_lengths(64) if L >= n) for n in longest})
+
+
+def _tvm_engine(cfg, ckpt, rows, beams: int = 1, precision: str = "fp32"):
     from ..compile.artifacts import CompileConfig, ensure_artifacts
     from ..runtime.engine import load_engine
 
@@ -334,7 +341,8 @@ def _tvm_engine(cfg, ckpt, beams: int = 1, precision: str = "fp32"):
     small = (8, 32) if target == "llvm" else ()
     sizes = sorted({s for s in small if s < cfg.batch} | {1, cfg.batch}) if beams == 1 else [beams, beams * cfg.batch]
     art = ensure_artifacts(CompileConfig(checkpoint=ckpt, target=target, precision=precision, batch_sizes=sizes,
-                                         max_input_bytes=64, max_output_len=cfg.max_output_len,
+                                         max_input_bytes=64, input_buckets=_input_lengths(rows, cfg.batch),
+                                         max_output_len=cfg.max_output_len,
                                          artifacts_dir=cfg.cache_dir))
     return load_engine(art, device=cfg.device, threads=cfg.threads)
 
@@ -383,7 +391,7 @@ def _make_runner(name, cfg, ckpt, rows, steps) -> Runner:
 
 
 def tvm_runner(cfg, ckpt, rows, steps, beams: int = 1, precision: str = "fp32") -> Runner:
-    eng = _tvm_engine(cfg, ckpt, beams, precision)
+    eng = _tvm_engine(cfg, ckpt, rows, beams, precision)
     run_batch, _ = _tvm_batch_runner(eng, rows, steps, beams)
     smallest = min(b.batch for b in beam_buckets(eng.buckets, beams))
     if smallest == 1:
@@ -404,7 +412,7 @@ def profile_tvm(cfg: BenchConfig) -> dict:
     ckpt = bench_checkpoint(cfg)
     rows = input_rows(ckpt, sample_words(cfg.data, cfg.words, cfg.seed), check=False)
     idx = length_sorted_batches(rows, cfg.batch)[len(rows) // cfg.batch // 2]
-    eng = _tvm_engine(cfg, ckpt, precision=cfg.precision)
+    eng = _tvm_engine(cfg, ckpt, rows, precision=cfg.precision)
     run_batch, input_len = _tvm_batch_runner(eng, rows, cfg.forced_steps)
     for _ in range(2):
         run_batch(idx)
